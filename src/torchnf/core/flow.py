@@ -1,0 +1,171 @@
+"""A flow: a bijector plus a base distribution."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+from torchnf.core.bijector import Bijector
+from torchnf.distributions.base import BaseDistribution, StandardNormal
+
+
+class Flow(Bijector):
+    r"""A normalizing flow ``z = f(x | c)`` with base density :math:`p_Z`.
+
+    :math:`\log p(x | c) = \log p_Z(f(x | c)) + \log|\det \partial f / \partial x|`; sampling
+    draws ``z ~ p_Z`` and returns ``x = f^{-1}(z | c)``. A ``Flow`` is itself a bijector, so
+    ``z, log_det = flow(x)`` and ``flow.inverse(z)`` work as for any layer.
+
+    Shapes: ``x`` is ``(*batch, *event_shape)``; ``log_prob`` returns ``(*batch,)``;
+    ``sample(n, context)`` with ``context`` of shape ``(*batch, context_size)`` returns
+    ``(*n, *batch, *event_shape)``.
+
+    Arguments:
+        bijector: the map from data to latent space.
+        base: base distribution over the bijector's output events (default standard normal).
+        context_encoder: optional module applied once per call to the raw context before it
+            reaches the bijector; it must map ``(*batch, context_size)`` to
+            ``(*batch, bijector.context_size)``.
+        context_size: size of the raw context (required with a ``context_encoder``).
+
+    Example:
+        >>> from torchnf.layers import Reverse
+        >>> flow = Flow(Reverse(2))
+        >>> flow.log_prob(torch.zeros(3, 2)).shape, flow.sample(4).shape
+        (torch.Size([3]), torch.Size([4, 2]))
+    """
+
+    def __init__(
+        self,
+        bijector: Bijector,
+        base: BaseDistribution | None = None,
+        context_encoder: nn.Module | None = None,
+        context_size: int | None = None,
+    ) -> None:
+        if base is None:
+            base = StandardNormal(bijector.output_event_shape)
+        if base.event_shape != bijector.output_event_shape:
+            raise ValueError(
+                f"base distribution events have shape {base.event_shape} but the bijector "
+                f"outputs {bijector.output_event_shape}"
+            )
+        if context_encoder is not None and context_size is None:
+            raise ValueError("a context_encoder needs the raw context_size")
+        super().__init__(
+            bijector.event_shape,
+            bijector.context_size if context_size is None else context_size,
+            bijector.output_event_shape,
+        )
+        self.bijector = bijector
+        self.base = base
+        self.context_encoder = context_encoder
+        self.domain = bijector.domain
+
+    def _encode(self, context: Tensor | None) -> Tensor | None:
+        if context is None or self.context_encoder is None:
+            return context
+        return self.context_encoder(context)
+
+    def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.bijector(x, self._encode(context))
+
+    def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.bijector.inverse_and_log_det(y, self._encode(context))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        context = self._check(x, context, self.event_shape, "x")
+        return self.bijector.initialize(x, self._encode(context))
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Return :math:`\\log p(x | c)` of shape ``(*batch,)``."""
+        z, log_det = self(x, context)
+        return self.base.log_prob(z) + log_det
+
+    def rsample_and_log_prob(
+        self, n: int | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw differentiable samples and their log-density in one inverse pass."""
+        shape = (n,) if isinstance(n, int) else tuple(n)
+        if self.context_size:
+            if context is None:
+                raise ValueError(
+                    "this flow is conditional: expected context of shape "
+                    f"(..., {self.context_size}), got None"
+                )
+            if not torch.is_floating_point(context) or context.shape[-1:] != (self.context_size,):
+                raise ValueError(
+                    f"expected a floating-point context of shape (..., {self.context_size}), "
+                    f"got {tuple(context.shape)} of dtype {context.dtype}"
+                )
+            encoded = self._encode(context)
+            batch = tuple(context.shape[:-1])
+            encoded = encoded.expand(*shape, *encoded.shape)
+        else:
+            encoded, batch = None, ()
+        z = self.base.rsample(shape + batch)
+        x, log_det = self.bijector.inverse_and_log_det(z, encoded)
+        return x, self.base.log_prob(z) - log_det
+
+    def sample_and_log_prob(
+        self, n: int | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``n`` samples (per context row) and their log-density, without gradients."""
+        with torch.no_grad():
+            return self.rsample_and_log_prob(n, context)
+
+    def sample(self, n: int | tuple[int, ...] = (), context: Tensor | None = None) -> Tensor:
+        """Draw samples of shape ``(*n, *batch, *event_shape)`` without gradients."""
+        return self.sample_and_log_prob(n, context)[0]
+
+    def distribution(self, context: Tensor | None = None) -> FlowDistribution:
+        """This flow as a :class:`torch.distributions.Distribution` (conditioned on ``context``)."""
+        return FlowDistribution(self, context)
+
+
+class FlowDistribution(Distribution):
+    """A :class:`torch.distributions.Distribution` view of a :class:`Flow`.
+
+    ``batch_shape`` is the context's batch shape (``()`` without context), ``event_shape`` the
+    flow's. ``log_prob(value)`` accepts ``value`` of shape ``(*sample, *batch, *event)``;
+    ``rsample`` is differentiable with respect to the flow's parameters.
+
+    Arguments:
+        flow: the flow.
+        context: the conditioning context, ``(*batch, context_size)``, or ``None``.
+    """
+
+    has_rsample = True
+    arg_constraints: dict = {}
+
+    def __init__(self, flow: Flow, context: Tensor | None = None) -> None:
+        self.flow = flow
+        self.context = context
+        batch = tuple(context.shape[:-1]) if (context is not None and flow.context_size) else ()
+        super().__init__(torch.Size(batch), torch.Size(flow.event_shape), validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def _context_for(self, value: Tensor) -> Tensor | None:
+        if self.context is None or not self.flow.context_size:
+            return None
+        batch = value.shape[: value.dim() - len(self.event_shape)]
+        return self.context.expand(*batch, self.context.shape[-1])
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.flow.log_prob(value, self._context_for(value))
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        return self.flow.rsample_and_log_prob(tuple(sample_shape), self.context)[0]
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size | tuple[int, ...] = ()
+    ) -> tuple[Tensor, Tensor]:
+        return self.flow.rsample_and_log_prob(tuple(sample_shape), self.context)

@@ -1,0 +1,10 @@
+"""Base distributions."""
+
+from torchnf.distributions.base import (
+    BaseDistribution,
+    DiagonalNormal,
+    GaussianMixture,
+    StandardNormal,
+)
+
+__all__ = ["BaseDistribution", "DiagonalNormal", "GaussianMixture", "StandardNormal"]

@@ -1,0 +1,126 @@
+"""Base distributions of flows, as modules (so they move with ``.to`` and can learn)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from torchnf.core.bijector import Shape, _as_shape
+
+
+class BaseDistribution(nn.Module):
+    """A distribution over events of shape ``event_shape`` with a differentiable sampler.
+
+    Subclasses implement ``log_prob(z) -> (*batch,)`` for ``z`` of shape
+    ``(*batch, *event_shape)`` and ``rsample(shape) -> (*shape, *event_shape)``.
+    """
+
+    def __init__(self, event_shape: Shape | int) -> None:
+        super().__init__()
+        self.event_shape: Shape = _as_shape(event_shape)
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        return self.rsample(shape)
+
+    def _sum_event(self, t: Tensor) -> Tensor:
+        return t.flatten(t.dim() - self.event_dim).sum(-1)
+
+
+class StandardNormal(BaseDistribution):
+    r"""Standard normal :math:`N(0, I)` over events of shape ``event_shape``.
+
+    :math:`\log p(z) = -\tfrac12 \|z\|^2 - \tfrac{D}{2}\log 2\pi`.
+
+    Arguments:
+        event_shape: shape of one event, e.g. ``2`` or ``(1, 8, 8)``.
+
+    Example:
+        >>> base = StandardNormal(2)
+        >>> base.log_prob(torch.zeros(2))
+        tensor(-1.8379)
+    """
+
+    def __init__(self, event_shape: Shape | int) -> None:
+        super().__init__(event_shape)
+        self.register_buffer("_dummy", torch.zeros(()), persistent=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        d = math.prod(self.event_shape)
+        return -0.5 * self._sum_event(z.square()) - 0.5 * d * math.log(2 * math.pi)
+
+    def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        ref = self._dummy
+        return torch.randn(*shape, *self.event_shape, device=ref.device, dtype=ref.dtype)
+
+
+class DiagonalNormal(BaseDistribution):
+    r"""Normal :math:`N(\mu, \mathrm{diag}(\sigma^2))` with learnable ``loc`` and ``log_scale``.
+
+    Initialized to the standard normal.
+
+    Arguments:
+        event_shape: shape of one event.
+    """
+
+    def __init__(self, event_shape: Shape | int) -> None:
+        super().__init__(event_shape)
+        self.loc = nn.Parameter(torch.zeros(self.event_shape))
+        self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        u = (z - self.loc) * torch.exp(-self.log_scale)
+        return self._sum_event(-0.5 * u.square() - self.log_scale) - 0.5 * math.prod(
+            self.event_shape
+        ) * math.log(2 * math.pi)
+
+    def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        eps = torch.randn(*shape, *self.event_shape, device=self.loc.device, dtype=self.loc.dtype)
+        return self.loc + eps * torch.exp(self.log_scale)
+
+
+class GaussianMixture(BaseDistribution):
+    r"""Mixture of ``n_components`` diagonal Gaussians over vectors of size ``input_size``.
+
+    :math:`p(z) = \sum_k \pi_k N(z; \mu_k, \mathrm{diag}(\sigma_k^2))` with learnable logits,
+    means and log-scales. Means are initialized spread out (seeded), scales at 1.
+    ``rsample`` is reparametrized in the means and scales but not in the weights.
+
+    Arguments:
+        input_size: dimension ``D`` of the events (shape ``(D,)``).
+        n_components: number of components ``K``.
+        seed: seed of the initial means.
+    """
+
+    def __init__(self, input_size: int, n_components: int = 8, seed: int = 0) -> None:
+        super().__init__(input_size)
+        if n_components < 1:
+            raise ValueError(f"expected n_components >= 1, got {n_components}")
+        g = torch.Generator().manual_seed(seed)
+        self.logits = nn.Parameter(torch.zeros(n_components))
+        self.loc = nn.Parameter(torch.randn(n_components, input_size, generator=g))
+        self.log_scale = nn.Parameter(torch.zeros(n_components, input_size))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        u = (z.unsqueeze(-2) - self.loc) * torch.exp(-self.log_scale)  # (*batch, K, D)
+        comp = (-0.5 * u.square() - self.log_scale).sum(-1) - 0.5 * z.shape[-1] * math.log(
+            2 * math.pi
+        )
+        return torch.logsumexp(comp + torch.log_softmax(self.logits, -1), dim=-1)
+
+    def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        k = torch.distributions.Categorical(logits=self.logits.detach()).sample(shape)
+        eps = torch.randn(*shape, *self.event_shape, device=self.loc.device, dtype=self.loc.dtype)
+        return self.loc[k] + eps * torch.exp(self.log_scale[k])

@@ -1,0 +1,3 @@
+"""Ready-made flows named after papers."""
+
+__all__: list[str] = []
