@@ -1,0 +1,5 @@
+"""Toy data, targets of known density, and loaders for user data."""
+
+from torchnf.data.targets import TARGETS, Target, get_target
+
+__all__ = ["TARGETS", "Target", "get_target"]
