@@ -1,0 +1,136 @@
+"""MADE: a masked MLP whose output for feature ``i`` depends only on the features before it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MADE(nn.Module):
+    r"""Masked autoencoder for distribution estimation: an autoregressive conditioner.
+
+    Maps ``x`` of shape ``(*batch, D)`` (and ``context`` of shape ``(*batch, context_size)``)
+    to parameters of shape ``(*batch, D, params_per_feature)`` such that ``out[..., i, :]``
+    depends only on ``x[..., :i]`` (and on the context): the Jacobian
+    :math:`\partial\, \mathrm{out}_i / \partial x_j` is zero for ``j >= i``. Hence
+    ``out[..., 0, :]`` depends on the context alone.
+
+    Each unit has a degree: input ``i`` has degree ``i + 1``; hidden units have degrees in
+    ``1 .. D - 1`` (``0 .. D - 1`` with a context, degree-0 units seeing only the context) and
+    connect to units of lower or equal degree; output ``i`` has degree ``i + 1`` and connects
+    to hidden units of strictly lower degree. The context feeds every unit of the first hidden
+    layer. With ``residual=True``, hidden layers ``k >= 1`` are residual blocks
+    :math:`h \leftarrow h + W_k\, \sigma(h)` (all hidden sizes must then be equal).
+    The output layer is zero-initialized, so a flow driven by a fresh ``MADE`` starts as the
+    identity.
+
+    Arguments:
+        input_size: number of features ``D``.
+        params_per_feature: number of outputs ``P`` per feature.
+        hidden_sizes: widths of the hidden layers (at least one).
+        context_size: size of the context vector; 0 for none.
+        residual: use residual blocks between hidden layers.
+        activation: factory of the nonlinearity module.
+
+    References:
+        Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", 2015,
+        arXiv:1502.03509.
+
+    Example:
+        >>> made = MADE(3, params_per_feature=2, hidden_sizes=(16,))
+        >>> made(torch.randn(5, 3)).shape
+        torch.Size([5, 3, 2])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        params_per_feature: int = 1,
+        hidden_sizes: Sequence[int] = (64, 64),
+        context_size: int = 0,
+        residual: bool = False,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        if input_size < 1 or params_per_feature < 1:
+            raise ValueError(
+                f"expected input_size >= 1 and params_per_feature >= 1, got {input_size} "
+                f"and {params_per_feature}"
+            )
+        if not hidden_sizes or min(hidden_sizes) < 1:
+            raise ValueError(f"expected at least one positive hidden size, got {hidden_sizes}")
+        if residual and len(set(hidden_sizes)) != 1:
+            raise ValueError(f"residual=True expects equal hidden sizes, got {hidden_sizes}")
+        self.input_size = input_size
+        self.params_per_feature = params_per_feature
+        self.context_size = context_size
+        self.residual = residual
+        self.activation = activation()
+
+        d = input_size
+        degree_in = torch.arange(1, d + 1)
+        low = 0 if (context_size > 0 or d == 1) else 1
+        degrees = [degree_in] + [low + torch.arange(h) % (d - low) for h in hidden_sizes]
+        degree_out = degree_in.repeat_interleave(params_per_feature)
+
+        self.layers = nn.ModuleList()
+        for k, (a, b) in enumerate(zip(degrees[:-1], degrees[1:], strict=True)):
+            layer = nn.Linear(len(a), len(b))
+            self.register_buffer(f"mask{k}", (b[:, None] >= a[None, :]).to(layer.weight.dtype))
+            self.layers.append(layer)
+        self.output = nn.Linear(hidden_sizes[-1], d * params_per_feature)
+        self.register_buffer("mask_out", (degree_out[:, None] > degrees[-1][None, :]).float())
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+        self.context_layer = (
+            nn.Linear(context_size, hidden_sizes[0], bias=False) if context_size else None
+        )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Return the parameters ``(*batch, D, params_per_feature)`` of every feature."""
+        return self.conditioner(context)(x)
+
+    def conditioner(self, context: Tensor | None = None) -> Callable[..., Tensor]:
+        """Return ``net(x, feature=None)``: this MADE with its masks applied once.
+
+        Masked weights and the context's contribution are computed here, once, so the ``D``
+        sequential passes of an autoregressive inverse reuse them. ``net(x, feature=i)``
+        returns only the parameters of feature ``i``, shape ``(*batch, P)`` (the output layer
+        restricted to its rows).
+        """
+        if (context is None) != (self.context_layer is None):
+            raise ValueError(
+                f"expected context of shape (..., {self.context_size}), got "
+                f"{None if context is None else tuple(context.shape)}"
+            )
+        weights = [layer.weight * getattr(self, f"mask{k}") for k, layer in enumerate(self.layers)]
+        biases = [layer.bias for layer in self.layers]
+        if self.context_layer is not None:
+            biases[0] = biases[0] + self.context_layer(context)
+        w_out = (self.output.weight * self.mask_out).view(
+            self.input_size, self.params_per_feature, -1
+        )
+        b_out = self.output.bias.view(self.input_size, self.params_per_feature)
+        act = self.activation
+
+        def net(x: Tensor, feature: int | None = None) -> Tensor:
+            h = F.linear(x, weights[0]) + biases[0]
+            for w, b in zip(weights[1:], biases[1:], strict=True):
+                h = h + F.linear(act(h), w, b) if self.residual else F.linear(act(h), w, b)
+            h = act(h)
+            if feature is not None:
+                return F.linear(h, w_out[feature], b_out[feature])
+            out = F.linear(h, w_out.flatten(0, 1), b_out.flatten())
+            return out.unflatten(-1, (self.input_size, self.params_per_feature))
+
+        return net
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, params_per_feature={self.params_per_feature}, "
+            f"context_size={self.context_size}, residual={self.residual}"
+        )
