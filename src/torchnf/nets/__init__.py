@@ -1,0 +1,5 @@
+"""Conditioner networks."""
+
+from torchnf.nets.mlp import MLP
+
+__all__ = ["MLP"]
