@@ -1,3 +1,5 @@
 """Ready-made flows named after papers."""
 
-__all__: list[str] = []
+from torchnf.models.realnvp import NICE, RealNVP
+
+__all__ = ["NICE", "RealNVP"]
