@@ -5,6 +5,15 @@ from torchnf.distributions.base import (
     DiagonalNormal,
     GaussianMixture,
     StandardNormal,
+    StudentT,
+    Uniform,
 )
 
-__all__ = ["BaseDistribution", "DiagonalNormal", "GaussianMixture", "StandardNormal"]
+__all__ = [
+    "BaseDistribution",
+    "DiagonalNormal",
+    "GaussianMixture",
+    "StandardNormal",
+    "StudentT",
+    "Uniform",
+]

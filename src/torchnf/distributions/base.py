@@ -124,3 +124,63 @@ class GaussianMixture(BaseDistribution):
         k = torch.distributions.Categorical(logits=self.logits.detach()).sample(shape)
         eps = torch.randn(*shape, *self.event_shape, device=self.loc.device, dtype=self.loc.dtype)
         return self.loc[k] + eps * torch.exp(self.log_scale[k])
+
+
+class StudentT(BaseDistribution):
+    r"""Independent Student-t components with a learnable degrees of freedom :math:`\nu`.
+
+    :math:`\log p(z) = \sum_i \log t_\nu(z_i)`, a heavy-tailed base for heavy-tailed data
+    (Jaini et al., 2020, Tails of Lipschitz Triangular Flows, arXiv:1907.04481).
+    :math:`\nu = \nu_{min} + \mathrm{softplus}(\theta)`, initialized at ``df``.
+
+    Arguments:
+        event_shape: shape of one event.
+        df: initial degrees of freedom (> ``min_df``).
+        min_df: lower bound on the degrees of freedom.
+    """
+
+    def __init__(self, event_shape: Shape | int, df: float = 5.0, min_df: float = 1.0) -> None:
+        super().__init__(event_shape)
+        if df <= min_df:
+            raise ValueError(f"expected df > min_df = {min_df}, got {df}")
+        self.min_df = min_df
+        self.raw_df = nn.Parameter(torch.tensor(df - min_df).expm1().log())
+
+    @property
+    def df(self) -> Tensor:
+        return self.min_df + nn.functional.softplus(self.raw_df)
+
+    def _dist(self) -> torch.distributions.StudentT:
+        return torch.distributions.StudentT(self.df)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return self._sum_event(self._dist().log_prob(z))
+
+    def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        return self._dist().rsample((*shape, *self.event_shape))
+
+
+class Uniform(BaseDistribution):
+    r"""Uniform on the box :math:`[low, high]^D`, for flows whose latent space is bounded.
+
+    Arguments:
+        event_shape: shape of one event.
+        low: lower bound of each coordinate.
+        high: upper bound of each coordinate.
+    """
+
+    def __init__(self, event_shape: Shape | int, low: float = 0.0, high: float = 1.0) -> None:
+        super().__init__(event_shape)
+        if not high > low:
+            raise ValueError(f"expected high > low, got low={low}, high={high}")
+        self.register_buffer("low", torch.tensor(float(low)), persistent=False)
+        self.register_buffer("high", torch.tensor(float(high)), persistent=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        inside = ((z >= self.low) & (z <= self.high)).flatten(z.dim() - self.event_dim).all(-1)
+        log_volume = math.prod(self.event_shape) * torch.log(self.high - self.low)
+        return torch.where(inside, -log_volume, -torch.inf).to(z.dtype)
+
+    def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        u = torch.rand(*shape, *self.event_shape, device=self.low.device, dtype=self.low.dtype)
+        return self.low + (self.high - self.low) * u
