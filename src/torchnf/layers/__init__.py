@@ -1,5 +1,6 @@
 """Invertible layers, one family a module."""
 
+from torchnf.layers.autoregressive import MaskedAffineAutoregressive, MaskedAutoregressive
 from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, checkerboard_mask
 from torchnf.layers.image import (
     AffineImageCoupling,
@@ -11,6 +12,7 @@ from torchnf.layers.image import (
 )
 from torchnf.layers.linear import ActNorm, Householder, LULinear, LUWeight, QRLinear, QRWeight
 from torchnf.layers.permutation import Permutation, RandomPermutation, Reverse
+from torchnf.layers.splines import RQSTransformer, SplineAutoregressive, SplineCoupling
 
 __all__ = [
     "ActNorm",
@@ -23,11 +25,16 @@ __all__ = [
     "InvertibleConv1x1",
     "LULinear",
     "LUWeight",
+    "MaskedAffineAutoregressive",
+    "MaskedAutoregressive",
     "Permutation",
     "QRLinear",
     "QRWeight",
+    "RQSTransformer",
     "RandomPermutation",
     "Reverse",
+    "SplineAutoregressive",
+    "SplineCoupling",
     "Split",
     "Squeeze",
     "checkerboard_mask",
