@@ -6,10 +6,13 @@ multi-scale flow (:class:`~torchnf.models.Glow`) is one bijector with one output
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from torchnf.core.bijector import Bijector, Shape
+from torchnf.core.chain import Chain
 from torchnf.core.registry import register
 from torchnf.layers.linear import LUWeight, QRWeight
 from torchnf.layers.transformers import AffineTransformer, Transformer
@@ -339,3 +342,39 @@ class AffineImageCoupling(ImageCoupling):
         c = _image_shape(event_shape, "AffineImageCoupling")[0]
         net = ConvNet(c, 2 * c, hidden_channels, n_blocks, context_size)
         super().__init__(transformer, net, image_mask(event_shape, mask, parity))
+
+
+def multi_scale(
+    event_shape: Shape, n_levels: int, level: Callable[[Shape, bool], list[Bijector]]
+) -> Chain:
+    r"""A multi-scale bijector from and to ``event_shape``, one output tensor.
+
+    ``level(shape, last)`` returns the layers of one scale starting at ``shape`` (typically
+    steps, a :class:`Squeeze`, more steps); then, unless ``last``, the first half of the
+    channels goes on through the next scale inside a :class:`Split` and the other half is
+    factored out; finally a ``Squeeze(...).inv`` brings the events back to ``shape``. So the
+    latent has the input's shape, each scale's factored-out channels at their positions.
+
+    Arguments:
+        event_shape: ``(C, H, W)`` of the input.
+        n_levels: number of scales (``>= 1``).
+        level: builds one scale's layers; ``last`` is ``True`` at the deepest one.
+
+    Example:
+        >>> def level(shape, last):
+        ...     return [Squeeze(shape)]
+        >>> flow = multi_scale((1, 4, 4), 2, level)
+        >>> flow(torch.randn(3, 1, 4, 4))[0].shape
+        torch.Size([3, 1, 4, 4])
+    """
+    shape = _image_shape(event_shape, "multi_scale")
+    if n_levels < 1:
+        raise ValueError(f"expected n_levels >= 1, got {n_levels}")
+    layers = list(level(shape, n_levels == 1))
+    out = layers[-1].output_event_shape
+    if n_levels > 1:
+        c, h, w = out
+        layers.append(Split(out, multi_scale((c // 2, h, w), n_levels - 1, level)))
+    if out != shape:
+        layers.append(Squeeze(shape, shape[1] // out[1]).inv)
+    return Chain(*layers)

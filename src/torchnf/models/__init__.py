@@ -1,12 +1,15 @@
 """Ready-made flows named after papers."""
 
+from torchnf.models.glow import Glow
 from torchnf.models.maf import IAF, MAF
 from torchnf.models.nsf import NSF
 from torchnf.models.realnvp import NICE, RealNVP
+from torchnf.models.realnvp2d import RealNVP2d
 from torchnf.models.residual import GeneralizedSylvesterNet, PlanarFlow, RadialFlow, SylvesterNet
 
 __all__ = [
     "GeneralizedSylvesterNet",
+    "Glow",
     "IAF",
     "MAF",
     "NICE",
@@ -14,5 +17,6 @@ __all__ = [
     "PlanarFlow",
     "RadialFlow",
     "RealNVP",
+    "RealNVP2d",
     "SylvesterNet",
 ]
