@@ -84,9 +84,17 @@ class Flow(Bijector):
         return self.base.log_prob(z) + log_det
 
     def rsample_and_log_prob(
-        self, n: int | tuple[int, ...] = (), context: Tensor | None = None
+        self,
+        n: int | tuple[int, ...] = (),
+        context: Tensor | None = None,
+        temperature: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
-        """Draw differentiable samples and their log-density in one inverse pass."""
+        """Draw differentiable samples and their log-density in one inverse pass.
+
+        ``temperature`` ``T`` scales the base draws, ``z = T z_0`` (Glow's sampling
+        temperature for a standard normal base: ``T < 1`` trades diversity for fidelity);
+        the log-density returned is the flow's own at the samples.
+        """
         shape = (n,) if isinstance(n, int) else tuple(n)
         if self.context_size:
             if context is None:
@@ -105,19 +113,30 @@ class Flow(Bijector):
         else:
             encoded, batch = None, ()
         z = self.base.rsample(shape + batch)
+        if temperature != 1.0:
+            z = z * temperature
         x, log_det = self.bijector.inverse_and_log_det(z, encoded)
         return x, self.base.log_prob(z) - log_det
 
     def sample_and_log_prob(
-        self, n: int | tuple[int, ...] = (), context: Tensor | None = None
+        self,
+        n: int | tuple[int, ...] = (),
+        context: Tensor | None = None,
+        temperature: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
         """Draw ``n`` samples (per context row) and their log-density, without gradients."""
         with torch.no_grad():
-            return self.rsample_and_log_prob(n, context)
+            return self.rsample_and_log_prob(n, context, temperature)
 
-    def sample(self, n: int | tuple[int, ...] = (), context: Tensor | None = None) -> Tensor:
-        """Draw samples of shape ``(*n, *batch, *event_shape)`` without gradients."""
-        return self.sample_and_log_prob(n, context)[0]
+    def sample(
+        self,
+        n: int | tuple[int, ...] = (),
+        context: Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """Draw samples of shape ``(*n, *batch, *event_shape)`` without gradients (at
+        ``temperature``, see :meth:`rsample_and_log_prob`)."""
+        return self.sample_and_log_prob(n, context, temperature)[0]
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
         """This flow as a :class:`torch.distributions.Distribution` (conditioned on ``context``)."""

@@ -5,6 +5,7 @@ from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, 
 from torchnf.layers.elementwise import Logit, Sigmoid, Softlog, Softsquare
 from torchnf.layers.image import (
     AffineImageCoupling,
+    Flatten,
     ImageCoupling,
     InvertibleConv1x1,
     Split,
@@ -13,6 +14,7 @@ from torchnf.layers.image import (
 )
 from torchnf.layers.linear import ActNorm, Householder, LULinear, LUWeight, QRLinear, QRWeight
 from torchnf.layers.permutation import Permutation, RandomPermutation, Reverse
+from torchnf.layers.preprocessing import LogitPreprocessing, Rescale, dequantize
 from torchnf.layers.residual import GeneralizedSylvesterBlock, Planar, Radial, SylvesterBlock
 from torchnf.layers.splines import RQSTransformer, SplineAutoregressive, SplineCoupling
 
@@ -22,12 +24,14 @@ __all__ = [
     "AffineCoupling",
     "AffineImageCoupling",
     "Coupling",
+    "Flatten",
     "GeneralizedSylvesterBlock",
     "Householder",
     "ImageCoupling",
     "InvertibleConv1x1",
     "LULinear",
     "LUWeight",
+    "LogitPreprocessing",
     "Logit",
     "MaskedAffineAutoregressive",
     "MaskedAutoregressive",
@@ -38,6 +42,7 @@ __all__ = [
     "RQSTransformer",
     "Radial",
     "RandomPermutation",
+    "Rescale",
     "Reverse",
     "Sigmoid",
     "Softlog",
@@ -48,5 +53,6 @@ __all__ = [
     "Squeeze",
     "SylvesterBlock",
     "checkerboard_mask",
+    "dequantize",
     "image_mask",
 ]

@@ -6,6 +6,7 @@ multi-scale flow (:class:`~torchnf.models.Glow`) is one bijector with one output
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -80,6 +81,35 @@ class Squeeze(Bijector):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", factor={self.factor}"
+
+
+@register("layer", example=lambda context_size: Flatten((2, 2, 3)))
+class Flatten(Bijector):
+    r"""Reshape ``y = f(x)``: events ``event_shape`` to vectors ``(D,)``, ``D`` their size.
+
+    Lets vector flows (NSF, MAF, SylvesterNet) model images; ``log_det = 0``.
+
+    Shapes: ``x`` is ``(*batch, *event_shape)``, ``y`` is ``(*batch, D)``.
+
+    Arguments:
+        event_shape: shape of one input event, e.g. ``(C, H, W)``.
+
+    Example:
+        >>> Flatten((1, 8, 8))(torch.zeros(5, 1, 8, 8))[0].shape
+        torch.Size([5, 64])
+    """
+
+    def __init__(self, event_shape: Shape) -> None:
+        shape = tuple(int(s) for s in event_shape)
+        super().__init__(shape, output_event_shape=math.prod(shape))
+
+    def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        batch = x.shape[: x.dim() - self.event_dim]
+        return x.reshape(*batch, -1), x.new_zeros(batch)
+
+    def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        batch = y.shape[:-1]
+        return y.reshape(*batch, *self.event_shape), y.new_zeros(batch)
 
 
 @register(

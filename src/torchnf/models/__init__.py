@@ -1,6 +1,7 @@
 """Ready-made flows named after papers."""
 
 from torchnf.models.glow import Glow
+from torchnf.models.image import ImageFlow
 from torchnf.models.maf import IAF, MAF
 from torchnf.models.nsf import NSF
 from torchnf.models.realnvp import NICE, RealNVP
@@ -11,6 +12,7 @@ __all__ = [
     "GeneralizedSylvesterNet",
     "Glow",
     "IAF",
+    "ImageFlow",
     "MAF",
     "NICE",
     "NSF",
