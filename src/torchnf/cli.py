@@ -1,0 +1,336 @@
+"""The ``torchnf`` command: train a flow, sample from it, evaluate it.
+
+``torchnf train`` fits a registered model to a built-in data set or a ``.npy``/``.csv`` file
+and writes ``runs/<name>/`` (checkpoint, ``metrics.jsonl``, PNG plots); ``torchnf sample``
+and ``torchnf evaluate`` load such a run. Errors are reported on one line, with a non-zero
+exit status. Under ``torchrun --nproc_per_node=N -m torchnf train ...`` training is
+distributed (DistributedDataParallel; only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from torchnf.core import registry
+from torchnf.core.flow import Flow
+from torchnf.data.loaders import SUFFIXES, check_data, load_array, save_array
+from torchnf.data.targets import TARGETS, get_target
+from torchnf.train import distributed
+from torchnf.train.checkpoint import load
+from torchnf.train.loop import evaluate_nll, fit
+
+try:
+    from torchnf.diagnostics import commands as diagnostics_commands
+except ImportError:  # until torchnf.diagnostics.commands (check, bench, trace) lands
+    diagnostics_commands = None
+
+#: Built-in data sets tried in order when ``--data`` is not given.
+DEFAULT_DATA = ("moons", "ring")
+#: Models tried in order when ``--model`` is not given.
+DEFAULT_MODELS = ("NSF", "RealNVP")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        args.func(args)
+    except (ValueError, OSError) as error:
+        print(f"torchnf {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"torchnf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="torchnf",
+        description="Normalizing flows: train a model, sample from it, evaluate it.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_parser(subparsers)
+    add_sample_parser(subparsers)
+    add_evaluate_parser(subparsers)
+    if diagnostics_commands is not None:
+        diagnostics_commands.add_parsers(subparsers)
+    return parser
+
+
+# -- train ------------------------------------------------------------------------------------
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="fit a flow to data and write runs/<name>/",
+        description=(
+            "Fit a flow by maximum likelihood and write OUT/NAME/: the checkpoint "
+            "(model.safetensors, config.json, training_state.pt), metrics.jsonl and PNG plots "
+            "(loss.png; density.png for 1-D and 2-D data; samples.png). Launch with "
+            "`torchrun --nproc_per_node=N -m torchnf train ...` to train on N processes."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help=f"a built-in data set ({', '.join(sorted(TARGETS)) or 'none loaded'}) or a .npy/.csv "
+        f"file of points, one per row (default: the first available of {', '.join(DEFAULT_DATA)})",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a registered model name, see `torchnf train --list-models` "
+        f"(default: the first registered of {', '.join(DEFAULT_MODELS)})",
+    )
+    p.add_argument("--list-models", action="store_true", help="print the model names and exit")
+    p.add_argument(
+        "--n-points", type=int, default=20000, help="points drawn from a built-in data set"
+    )
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
+    p.add_argument(
+        "--hidden-sizes",
+        type=int,
+        nargs="+",
+        default=[64, 64],
+        help="widths of each conditioner network's hidden layers",
+    )
+    p.add_argument("--n-layers", type=int, default=8, help="number of flow layers")
+    p.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="fraction held out for validation"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of data, initialization and order")
+    p.add_argument("--out", default="runs", help="directory holding the runs")
+    p.add_argument("--name", default=None, help="run name (default: <data>-<model>)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device to train on",
+    )
+    p.add_argument("--log-every", type=int, default=100, help="steps between log records")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None, help="steps between checkpoints (and the end)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's checkpoint if it has one"
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=train_command)
+
+
+def train_command(args: argparse.Namespace) -> None:
+    """``torchnf train``: fit, then write the run directory."""
+    if args.list_models:
+        print("\n".join(e.name for e in registry.entries("model")))
+        return
+    device = distributed.setup(args.device)
+    try:
+        _train(args, device)
+    finally:
+        distributed.teardown()
+
+
+def _train(args: argparse.Namespace, device: torch.device) -> None:
+    data_name = args.data or _first_available(DEFAULT_DATA, TARGETS, "data set")
+    model_name = args.model or _first_available(
+        DEFAULT_MODELS, {e.name: e for e in registry.entries("model")}, "model"
+    )
+    data = resolve_data(data_name, args.n_points, args.seed)
+    torch.manual_seed(args.seed)
+    flow = build_model(model_name, data.shape[1:], args)
+    name = args.name or f"{Path(data_name).stem}-{registry.get(model_name).name}".lower()
+    run = Path(args.out) / name
+    main_rank = distributed.rank() == 0
+    if main_rank:
+        run.mkdir(parents=True, exist_ok=True)
+    tic = time.perf_counter()
+    history = fit(
+        flow,
+        data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        clip_grad=args.clip_grad,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        log_every=min(args.log_every, args.steps),
+        progress=not args.quiet,
+        log_path=run / "metrics.jsonl",
+        checkpoint_dir=run,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        device=device,
+        metadata={"data": data_name, "input_size": data.shape[1:].numel(), "seed": args.seed},
+    )
+    if not main_rank:
+        return
+    plots = [] if args.no_plots else write_plots(flow, data, history.records, run, args.seed)
+    if not args.quiet:
+        last = history.records[-1] if history.records else {}
+        nll = last.get("val_nll", last.get("train_nll", float("nan")))
+        dims = data.shape[1:].numel()
+        print(
+            f"{registry.get(model_name).name} on {data_name}: NLL {nll:.4f} nats "
+            f"({nll / dims:.4f} per dimension) after {args.steps} steps in "
+            f"{time.perf_counter() - tic:.0f} s; wrote {run}/ "
+            f"(model.safetensors, config.json, metrics.jsonl"
+            + "".join(f", {p.name}" for p in plots)
+            + ")"
+        )
+
+
+def write_plots(
+    flow: Flow, data: Tensor, records: list[dict[str, float]], run: Path, seed: int
+) -> list[Path]:
+    """The run's PNG plots: training curve, learned density (1-D/2-D), samples."""
+    from torchnf import plotting
+
+    flow.eval()
+    paths = [plotting.plot_history(records, run / "loss.png")]
+    if data.dim() == 2 and data.shape[1] <= 2:
+        paths.append(plotting.plot_density(flow, data, run / "density.png"))
+    torch.manual_seed(seed)
+    samples = flow.sample(min(len(data), 5000)).cpu()
+    paths.append(plotting.plot_samples(samples, data[: len(samples)], run / "samples.png"))
+    return paths
+
+
+# -- sample -----------------------------------------------------------------------------------
+def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sample",
+        help="draw samples from a trained run",
+        description="Draw N samples from the flow saved in RUN and write them to FILE.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="a run directory written by `torchnf train`")
+    p.add_argument("-n", "--n-samples", type=int, default=1000, help="number of samples N")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .npy or .csv file")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=int, default=65536, help="samples drawn per pass")
+    p.add_argument("--device", default="cpu", help="torch device to sample on")
+    p.set_defaults(func=sample_command)
+
+
+def sample_command(args: argparse.Namespace) -> None:
+    """``torchnf sample``: load a run, draw samples, write them."""
+    output = Path(args.output)
+    if output.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{output}: expected a .npy or .csv output file")
+    if args.n_samples < 1:
+        raise ValueError(f"expected -n >= 1, got {args.n_samples}")
+    flow = load(args.run, device=args.device)
+    if flow.context_size:
+        raise ValueError(f"{args.run}: the model is conditional; sample it from Python")
+    torch.manual_seed(args.seed)
+    chunks = [
+        flow.sample(min(args.batch_size, args.n_samples - start)).cpu()
+        for start in range(0, args.n_samples, args.batch_size)
+    ]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_array(torch.cat(chunks), output)
+    print(f"wrote {args.n_samples} samples to {output}")
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="mean negative log-likelihood of data under a trained run",
+        description=(
+            "Print the mean NLL of the points in DATA under the flow saved in RUN, in nats and "
+            "in nats per dimension."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="a run directory written by `torchnf train`")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a .npy/.csv file of points, or a built-in data set name",
+    )
+    p.add_argument(
+        "--n-points", type=int, default=20000, help="points drawn from a built-in data set"
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of a built-in data set's points")
+    p.add_argument("--device", default="cpu", help="torch device to evaluate on")
+    p.set_defaults(func=evaluate_command)
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    """``torchnf evaluate``: mean NLL of data under a saved flow."""
+    flow = load(args.run, device=args.device)
+    if flow.context_size:
+        raise ValueError(f"{args.run}: the model is conditional; evaluate it from Python")
+    data = resolve_data(args.data, args.n_points, args.seed)
+    check_data(data, flow.event_shape, f"data in {args.data}")
+    dtype = next(iter(flow.parameters())).dtype
+    nll = evaluate_nll(flow, data.to(args.device, dtype))
+    dims = data.shape[1:].numel()
+    print(
+        f"mean NLL: {nll:.6f} nats ({nll / dims:.6f} nats per dimension) "
+        f"over {len(data)} points of {args.data}"
+    )
+
+
+# -- shared pieces ----------------------------------------------------------------------------
+def resolve_data(spec: str, n_points: int, seed: int) -> Tensor:
+    """The data named by ``spec``: a ``.npy``/``.csv`` file, or a built-in data set's
+    ``n_points`` seeded points. Returns a checked ``(N, *event_shape)`` tensor."""
+    if Path(spec).suffix.lower() in SUFFIXES or Path(spec).exists():
+        return load_array(spec)
+    if spec not in TARGETS:
+        raise ValueError(
+            f"unknown data set {spec!r}; expected one of {sorted(TARGETS)} or a .npy/.csv file"
+        )
+    if n_points < 1:
+        raise ValueError(f"expected --n-points >= 1, got {n_points}")
+    return get_target(spec).sample(n_points, seed=seed)
+
+
+def build_model(name: str, event_shape: torch.Size, args: argparse.Namespace) -> Flow:
+    """The registered model ``name`` for events of ``event_shape``, with the command's sizes
+    (``--n-layers``, ``--hidden-sizes``) where its constructor takes them."""
+    entry = registry.get(name)
+    if entry.kind != "model":
+        names = [e.name for e in registry.entries("model")]
+        raise ValueError(f"{entry.name} is a layer, not a model; expected one of {names}")
+    accepted = inspect.signature(entry.cls).parameters
+    options = {"n_layers": args.n_layers, "hidden_sizes": list(args.hidden_sizes)}
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    if "input_size" in accepted:
+        if len(event_shape) != 1:
+            raise ValueError(f"{entry.name} models vectors; got points of shape {event_shape}")
+        kwargs["input_size"] = event_shape[0]
+    elif "event_shape" in accepted:
+        kwargs["event_shape"] = list(event_shape)
+    try:
+        return entry.cls(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"cannot build {entry.name} from the command line: {error}") from None
+
+
+def _first_available(preferred: Sequence[str], available: dict, what: str) -> str:
+    for name in preferred:
+        if name in available:
+            return name
+    if available:
+        return sorted(available)[0]
+    raise ValueError(f"no {what} is available")

@@ -1,0 +1,166 @@
+"""Figures of a training run: the training curve, the learned density, samples.
+
+matplotlib is an optional dependency (``pip install torchnf[plot]``), imported inside each
+function; figures are drawn with ``matplotlib.figure.Figure`` (no pyplot, no global backend
+switch) and written to PNG files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from torchnf.core.flow import Flow
+
+
+def plot_history(records: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """Plot training and validation NLL against the step; write a PNG to ``path``.
+
+    Arguments:
+        records: log records with ``step``, ``train_nll`` and maybe ``val_nll`` (as in
+            ``fit``'s history or its ``metrics.jsonl``).
+        path: the PNG file.
+    """
+    fig = _figure(1, (5, 3.5))
+    ax = fig.axes[0]
+    for key, label in (("train_nll", "train"), ("val_nll", "validation")):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="o", markersize=2, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("NLL (nats)")
+    ax.set_title("training curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_density(flow: Flow, data: Tensor, path: str | Path, resolution: int = 200) -> Path:
+    """Show the data next to the flow's learned density; write a PNG to ``path``.
+
+    2-D data: a histogram of the data beside ``exp(log_prob)`` on a grid over the same
+    window. 1-D data: the data's histogram with the learned density curve over it.
+
+    Arguments:
+        flow: an unconditional flow on vectors of size 1 or 2.
+        data: ``(N, 1)`` or ``(N, 2)`` points.
+        path: the PNG file.
+        resolution: grid points per axis.
+    """
+    data = data.detach().cpu().double()
+    dim = data.shape[-1]
+    if dim not in (1, 2) or flow.context_size:
+        raise ValueError(f"expected unconditional 1-D or 2-D data to plot, got shape {data.shape}")
+    low, high = _window(data)
+    reference = next(iter(flow.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    axes = [
+        torch.linspace(float(a), float(b), resolution, dtype=torch.float64)
+        for a, b in zip(low, high, strict=True)
+    ]
+    if dim == 1:
+        fig = _figure(1, (5, 3.5))
+        ax = fig.axes[0]
+        grid = axes[0]
+        density = _density(flow, grid[:, None], device, dtype)
+        ax.hist(
+            data[:, 0].numpy(),
+            bins=100,
+            range=(float(low[0]), float(high[0])),
+            density=True,
+            alpha=0.5,
+            label="data",
+        )
+        ax.plot(grid.numpy(), density.numpy(), label="learned density")
+        ax.legend()
+        ax.set_title("data and learned density")
+        return _save(fig, path)
+    fig = _figure(2, (9, 4.2))
+    extent = (float(low[0]), float(high[0]), float(low[1]), float(high[1]))
+    fig.axes[0].hist2d(
+        data[:, 0].numpy(),
+        data[:, 1].numpy(),
+        bins=resolution // 2,
+        range=[extent[:2], extent[2:]],
+        cmap="viridis",
+    )
+    fig.axes[0].set_title("data")
+    gx, gy = torch.meshgrid(*axes, indexing="xy")
+    density = _density(flow, torch.stack([gx, gy], -1).reshape(-1, 2), device, dtype)
+    fig.axes[1].imshow(
+        density.reshape(resolution, resolution).numpy(),
+        origin="lower",
+        extent=extent,
+        aspect="auto",
+        cmap="viridis",
+    )
+    fig.axes[1].set_title("learned density")
+    for ax in fig.axes:
+        ax.set_xlim(extent[:2])
+        ax.set_ylim(extent[2:])
+    return _save(fig, path)
+
+
+def plot_samples(samples: Tensor, data: Tensor | None, path: str | Path) -> Path:
+    """Scatter the flow's samples (and the data beside them); write a PNG to ``path``.
+
+    The first two features are shown (a histogram for 1-D data).
+
+    Arguments:
+        samples: ``(M, D)`` samples of the flow.
+        data: ``(N, D)`` data to compare with, or ``None``.
+        path: the PNG file.
+    """
+    samples = samples.detach().cpu().double().reshape(len(samples), -1)
+    panels = [("samples", samples)]
+    if data is not None:
+        panels.insert(0, ("data", data.detach().cpu().double().reshape(len(data), -1)))
+    low, high = _window(panels[0][1])
+    fig = _figure(len(panels), (4.5 * len(panels), 4.2))
+    for ax, (title, points) in zip(fig.axes, panels, strict=True):
+        if points.shape[-1] == 1:
+            ax.hist(
+                points[:, 0].numpy(), bins=100, range=(float(low[0]), float(high[0])), density=True
+            )
+        else:
+            ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=1, alpha=0.4)
+            ax.set_xlim(float(low[0]), float(high[0]))
+            ax.set_ylim(float(low[1]), float(high[1]))
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _density(flow: Flow, points: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    flow.eval()
+    values = [
+        flow.log_prob(chunk.to(device, dtype)).double().exp().cpu() for chunk in points.split(16384)
+    ]
+    return torch.cat(values).nan_to_num(0.0)
+
+
+def _window(data: Tensor) -> tuple[Tensor, Tensor]:
+    low = torch.quantile(data[:, :2], 0.005, dim=0)
+    high = torch.quantile(data[:, :2], 0.995, dim=0)
+    margin = 0.15 * (high - low).clamp_min(1e-6)
+    return low - margin, high + margin
+
+
+def _figure(n_axes: int, size: tuple[float, float]):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    fig.subplots(1, n_axes)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
