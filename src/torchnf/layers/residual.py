@@ -17,9 +17,9 @@ from torch.nn.utils import parametrizations
 
 from torchnf.core.bijector import Bijector
 from torchnf.core.registry import register
+from torchnf.functional.affine import soft_clamp
 from torchnf.functional.linalg import householder_product
 from torchnf.functional.residual import (
-    SOFTPLUS_ONE,
     above_minus_one,
     planar_constrain,
     planar_forward,
@@ -33,6 +33,11 @@ from torchnf.functional.residual import (
 )
 from torchnf.layers.linear import LUWeight
 from torchnf.nets.made import MADE
+
+
+#: Bound on ``|log r_1,ii|`` (Sylvester) and ``|log s_1|`` (generalized Sylvester): the
+#: diagonal gain lies in ``(e^-3, e^3)``, so the paired scale ``kappa / gain`` never explodes.
+DIAGONAL_LOG_BOUND = 3.0
 
 
 def _check_solver(tol: float | None, max_iter: int) -> None:
@@ -196,8 +201,8 @@ class SylvesterBlock(Bijector):
     ``"householder"`` (the first ``M`` columns of a product of ``n_reflections`` Householder
     reflections), or a fixed permutation, ``"identity"`` or ``"reverse"`` (triangular
     Sylvester). ``R_1``, ``R_2`` are ``(M, M)`` upper triangular; their diagonals are
-    parametrized as :math:`r_{1,ii} = e^{\rho_i} > 0` (no loss of generality, ``tanh`` being
-    odd) and :math:`r_{1,ii} r_{2,ii} = -1 + \mathrm{softplus}(\sigma_i + \log(e - 1)) > -1
+    parametrized as :math:`r_{1,ii} = \exp(3 \tanh(\rho_i / 3)) > 0` (positive without loss
+    of generality, ``tanh`` being odd; bounded so that :math:`r_{2,ii}` stays bounded) and :math:`r_{1,ii} r_{2,ii} = -1 + \mathrm{softplus}(\sigma_i + \log(e - 1)) > -1
     = -1/\sup|\tanh'|`, so ``f`` is invertible for any parameter values.
     :math:`\log|\det| = \sum_i \log(1 + r_{1,ii} r_{2,ii} \mathrm{sech}^2(a_i))`,
     :math:`a = R_1 Q^\top x + b`. Starts as the identity (``R_2 = 0``).
@@ -264,7 +269,7 @@ class SylvesterBlock(Bijector):
 
     def triangular(self) -> tuple[Tensor, Tensor]:
         """The constrained upper-triangular ``(R_1, R_2)``, each ``(M, M)``."""
-        d1 = self.r1.diagonal().exp()
+        d1 = soft_clamp(self.r1.diagonal(), DIAGONAL_LOG_BOUND).exp()
         d2 = above_minus_one(self.r2.diagonal()) / d1
         return self.r1.triu(1) + torch.diag(d1), self.r2.triu(1) + torch.diag(d2)
 
@@ -292,7 +297,7 @@ class GeneralizedSylvesterBlock(Bijector):
     ``W`` is invertible by construction (:class:`~torchnf.layers.linear.LUWeight`);
     :math:`f_{AR}(u)_i = \gamma s_{2,i} \tanh(s_{1,i} u_i + t_{1,i}) + t_{2,i}` where
     :math:`s_1, \gamma s_2, t_1, t_2` depend on :math:`u_{<i}` (and the context) through a
-    :class:`~torchnf.nets.made.MADE`: :math:`s_1 = \mathrm{softplus}(\cdot) > 0` and
+    :class:`~torchnf.nets.made.MADE`: :math:`s_1 = \exp(3 \tanh(\cdot / 3)) > 0` and
     :math:`\kappa = \gamma s_1 s_2 = -1 + \mathrm{softplus}(\cdot) > -1` is parametrized
     directly, so each diagonal derivative :math:`1 + \kappa\,\mathrm{sech}^2(\cdot) > 0` and
     ``f`` is invertible for any parameters. The Jacobian of :math:`f_{AR}` is triangular, so
@@ -346,7 +351,7 @@ class GeneralizedSylvesterBlock(Bijector):
         """``(scale, gain, shift, offset)`` of ``f_AR_i = scale tanh(gain u_i + shift) + offset``
         from MADE outputs ``(..., 4)``; ``scale * gain = kappa > -1``."""
         s1_raw, kappa_raw, t1, t2 = params.unbind(-1)
-        gain = F.softplus(s1_raw + SOFTPLUS_ONE)
+        gain = soft_clamp(s1_raw, DIAGONAL_LOG_BOUND).exp()
         return above_minus_one(kappa_raw) / gain, gain, t1, t2
 
     def _residual(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
