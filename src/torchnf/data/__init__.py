@@ -1,6 +1,17 @@
 """Toy data, targets of known density, and loaders for user data."""
 
-from torchnf.data import toy  # noqa: F401  (registers the built-in data sets)
-from torchnf.data.targets import TARGETS, Target, get_target
+from torchnf.data import densities, toy  # noqa: F401  (registers the built-in targets)
+from torchnf.data.densities import Banana, Funnel, GaussianTarget, StudentTTarget
+from torchnf.data.targets import TARGETS, GaussianMixtureTarget, Target, get_target, register_target
 
-__all__ = ["TARGETS", "Target", "get_target"]
+__all__ = [
+    "TARGETS",
+    "Target",
+    "get_target",
+    "register_target",
+    "GaussianMixtureTarget",
+    "GaussianTarget",
+    "StudentTTarget",
+    "Banana",
+    "Funnel",
+]

@@ -110,6 +110,16 @@ class GaussianMixtureTarget(Target):
             )
         w = torch.ones(k, dtype=torch.float64) if weights is None else _as_f64(weights)
         self.weights = w / w.sum()
+        if not self.full:
+            inv_var = self.scales**-2
+            self._expanded = torch.cat(
+                [
+                    (self.means * inv_var[:, None]).T,
+                    -0.5 * inv_var[None],
+                    (-0.5 * inv_var * self.means.square().sum(-1))[None]
+                    - self.dim * torch.log(self.scales)[None],
+                ]
+            )
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -129,10 +139,11 @@ class GaussianMixtureTarget(Target):
             log_det = torch.log(torch.diagonal(self.scales, dim1=-2, dim2=-1)).sum(-1)
             comp = -0.5 * u.square().sum(-1) - log_det - const
         else:
-            # |x - mu|^2 expanded so that the work is one (N, K) matrix product.
-            sq = x.square().sum(-1, keepdim=True) - 2 * x @ self.means.T
-            sq = (sq + self.means.square().sum(-1)).clamp_min(0)
-            comp = -0.5 * sq / self.scales**2 - self.dim * torch.log(self.scales) - const
+            # -|x - mu_k|^2 / (2 s_k^2) expanded into one (N, D + 2) x (D + 2, K) product.
+            features = torch.cat(
+                [x, x.square().sum(-1, keepdim=True), torch.ones_like(x[:, :1])], -1
+            )
+            comp = features @ self._expanded - const
         return torch.logsumexp(comp + torch.log(self.weights), dim=-1)
 
 

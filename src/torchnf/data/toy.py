@@ -6,9 +6,9 @@ standard deviation :math:`\sigma` centred on evenly spaced points :math:`c_j` of
 
 .. math:: p(x) = \frac{1}{M} \sum_{j=1}^{M} N(x; c_j, \sigma^2 I),
 
-with spacing at most :math:`\sigma / 2` between neighbouring centres, so that the density
-along the curve is flat to within :math:`e^{-2\pi^2 (\sigma/h)^2} < 10^{-30}` (the first
-Fourier coefficient of a comb of Gaussians of spacing :math:`h`): the sets look exactly like
+with spacing :math:`h` at most about :math:`\sigma` between neighbouring centres, so that the
+density along the curve is flat to within :math:`2 e^{-2\pi^2 (\sigma/h)^2} < 10^{-8}` (the
+first Fourier coefficient of a comb of Gaussians of spacing :math:`h`): the sets look exactly like
 the familiar ones, and their ``log_prob`` is exact. The pinwheel is a Gaussian mixture
 warped by an area-preserving swirl (Jacobian determinant 1), and the checkerboard is
 uniform on eight squares.
@@ -61,7 +61,7 @@ def ring_of_gaussians(n_modes: int = 8, radius: float = 4.0, scale: float = 0.5)
     return GaussianMixtureTarget("ring", means, torch.full((n_modes,), scale))
 
 
-def moons(noise: float = 0.1, n_centres: int = 64) -> Target:
+def moons(noise: float = 0.1, n_centres: int = 32) -> Target:
     """2-D: two interleaved half circles (as scikit-learn's ``make_moons``), centred at 0."""
     t = torch.linspace(0, math.pi, n_centres, dtype=torch.float64)
     upper = torch.stack([t.cos(), t.sin()], -1)
@@ -70,7 +70,7 @@ def moons(noise: float = 0.1, n_centres: int = 64) -> Target:
     return GaussianMixtureTarget("moons", centres, torch.full((2 * n_centres,), noise))
 
 
-def circles(noise: float = 0.05, factor: float = 0.5, n_centres: int = 256) -> Target:
+def circles(noise: float = 0.05, factor: float = 0.5, n_centres: int = 128) -> Target:
     """2-D: two concentric circles of radius 1 and ``factor``, half of the mass on each."""
     n_inner = max(int(n_centres * factor), 1)
     outer = torch.arange(n_centres, dtype=torch.float64) * (2 * math.pi / n_centres)
@@ -87,7 +87,7 @@ def circles(noise: float = 0.05, factor: float = 0.5, n_centres: int = 256) -> T
     return GaussianMixtureTarget("circles", centres, torch.full((len(centres),), noise), weights)
 
 
-def spirals(noise: float = 0.1, turns: float = 1.5, n_centres: int = 320) -> Target:
+def spirals(noise: float = 0.1, turns: float = 1.5, n_centres: int = 160) -> Target:
     r"""2-D: two interleaved spirals :math:`r = \theta / 3`, the second rotated by :math:`\pi`.
 
     Centres at :math:`\theta_j = \theta_{max} \sqrt{(j + 1/2) / M}`, nearly even in arc length.
