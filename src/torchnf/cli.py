@@ -46,14 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        args.func(args)
+        status = args.func(args)
     except (ValueError, OSError) as error:
         print(f"torchnf {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"torchnf {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +100,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--n-points", type=int, default=20000, help="points drawn from a built-in data set"
     )
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
     p.add_argument(
@@ -110,7 +110,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         default=[64, 64],
         help="widths of each conditioner network's hidden layers",
     )
-    p.add_argument("--n-layers", type=int, default=8, help="number of flow layers")
+    p.add_argument("--n-layers", type=int, default=5, help="number of flow layers")
     p.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm")
     p.add_argument(
         "--val-fraction", type=float, default=0.1, help="fraction held out for validation"
@@ -122,6 +122,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device to train on",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch (default: 1 for data of at most 100 features, where more "
+        "threads only add overhead to the small matrix products; otherwise torch's default)",
     )
     p.add_argument("--log-every", type=int, default=100, help="steps between log records")
     p.add_argument(
@@ -141,9 +148,11 @@ def train_command(args: argparse.Namespace) -> None:
         print("\n".join(e.name for e in registry.entries("model")))
         return
     device = distributed.setup(args.device)
+    threads = torch.get_num_threads()
     try:
         _train(args, device)
     finally:
+        torch.set_num_threads(threads)
         distributed.teardown()
 
 
@@ -154,6 +163,8 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     )
     data = resolve_data(data_name, args.n_points, args.seed)
     torch.manual_seed(args.seed)
+    if args.threads is not None or data.shape[1:].numel() <= 100:
+        torch.set_num_threads(args.threads or 1)
     flow = build_model(model_name, data.shape[1:], args)
     name = args.name or f"{Path(data_name).stem}-{registry.get(model_name).name}".lower()
     run = Path(args.out) / name
@@ -319,8 +330,8 @@ def build_model(name: str, event_shape: torch.Size, args: argparse.Namespace) ->
         if len(event_shape) != 1:
             raise ValueError(f"{entry.name} models vectors; got points of shape {event_shape}")
         kwargs["input_size"] = event_shape[0]
-    elif "event_shape" in accepted:
-        kwargs["event_shape"] = list(event_shape)
+    elif "input_shape" in accepted:
+        kwargs["input_shape"] = list(event_shape)
     try:
         return entry.cls(**kwargs)
     except TypeError as error:
