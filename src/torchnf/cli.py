@@ -23,14 +23,10 @@ from torchnf.core import registry
 from torchnf.core.flow import Flow
 from torchnf.data.loaders import SUFFIXES, check_data, load_array, save_array
 from torchnf.data.targets import TARGETS, get_target
+from torchnf.diagnostics import commands as diagnostics_commands
 from torchnf.train import distributed
 from torchnf.train.checkpoint import load
 from torchnf.train.loop import evaluate_nll, fit
-
-try:
-    from torchnf.diagnostics import commands as diagnostics_commands
-except ImportError:  # until torchnf.diagnostics.commands (check, bench, trace) lands
-    diagnostics_commands = None
 
 #: Built-in data sets tried in order when ``--data`` is not given.
 DEFAULT_DATA = ("moons", "ring")
@@ -66,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_sample_parser(subparsers)
     add_evaluate_parser(subparsers)
-    if diagnostics_commands is not None:
-        diagnostics_commands.add_parsers(subparsers)
+    diagnostics_commands.add_parsers(subparsers)
     return parser
 
 
