@@ -162,3 +162,84 @@ def _read_npz(path: Path, split: str) -> np.ndarray:
     except Exception as error:  # zipfile.BadZipFile, OSError, EOFError, ValueError...
         raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
     raise ValueError(f"{path}: expected an array {key!r} or a single array, got {files}")
+
+
+def load_images(spec: str, split: str = "train") -> tuple[Tensor, int] | None:
+    """Image data named by ``spec``, with its number of pixel values; ``None`` if ``spec``
+    names no image data.
+
+    ``spec`` is ``"digits"`` (the built-in 8x8 digits) or an MNIST path (a directory, an IDX
+    file ``*-idx3-ubyte[.gz]``, an ``.idx`` or an ``.npz`` archive), read with
+    :func:`load_mnist`.
+
+    Arguments:
+        spec: ``"digits"`` or a path.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        ``(images (N, 1, H, W) of discrete float values, n_values)`` or ``None``.
+
+    Example:
+        >>> x, n_values = load_images("digits", "test")
+        >>> x.shape, n_values
+        (torch.Size([360, 1, 8, 8]), 17)
+        >>> load_images("moons") is None
+        True
+    """
+    if spec == "digits":
+        return load_digits(split), DIGITS_N_VALUES  # type: ignore[return-value]
+    path = Path(spec)
+    mnist_file = path.suffix in (".npz", ".idx", ".gz") or path.name.endswith("-ubyte")
+    if mnist_file or path.is_dir():
+        return load_mnist(path, split), MNIST_N_VALUES
+    return None
+
+
+def image_grid(images: Tensor, n_values: int, n_cols: int | None = None) -> np.ndarray:
+    """Tile images ``(N, C, H, W)`` (pixel scale ``[0, n_values]``) into one array in [0, 1].
+
+    One pixel of padding (value 0, the background) between images; the shape is
+    ``(rows * (H + 1) + 1, cols * (W + 1) + 1)`` for one channel, with a last axis of 3 for
+    RGB images.
+
+    Arguments:
+        images: ``(N, C, H, W)`` with ``C`` 1 or 3; values are clipped to ``[0, n_values]``.
+        n_values: the pixel scale ``K`` (values are divided by it).
+        n_cols: images per row (default ``ceil(sqrt(N))``).
+
+    Example:
+        >>> image_grid(torch.zeros(6, 1, 8, 8), 17, n_cols=3).shape
+        (19, 28)
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    cols = n_cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((c, rows * (h + 1) + 1, cols * (w + 1) + 1), dtype=np.float32)
+    pixels = (images.detach().cpu().float() / n_values).clamp(0, 1).numpy()
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = (
+            pixels[i]
+        )
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def save_image_grid(
+    images: Tensor, path: str | Path, n_values: int, n_cols: int | None = None
+) -> Path:
+    """Write :func:`image_grid` of ``images`` to a PNG (dark strokes on white, like ink).
+
+    Needs matplotlib (the ``plot`` extra). Returns the path.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = image_grid(images, n_values, n_cols)
+    if grid.ndim == 2:
+        plt.imsave(path, grid, cmap="gray_r", vmin=0.0, vmax=1.0)
+    else:
+        plt.imsave(path, grid)
+    return path

@@ -23,12 +23,15 @@ from torchnf.core.registry import register
 from torchnf.layers.elementwise import Logit
 
 
-def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def dequantize(x: Tensor, generator: torch.Generator | None = None, n_copies: int = 1) -> Tensor:
     """Uniform dequantization ``x + u``, ``u ~ U[0, 1)`` of the same shape as ``x``.
 
     Arguments:
-        x: discrete values (any floating dtype), e.g. pixels in ``{0, ..., K - 1}``.
+        x: discrete values ``(N, ...)`` (any floating dtype), e.g. pixels in
+            ``{0, ..., K - 1}``.
         generator: source of the noise.
+        n_copies: stack this many independently dequantized copies, ``(n_copies * N, ...)``
+            (a fixed training set that still sees several noise draws per point).
 
     Example:
         >>> v = dequantize(torch.tensor([0.0, 3.0]))
@@ -37,6 +40,9 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """
     if not torch.is_floating_point(x):
         raise ValueError(f"expected a floating-point tensor x, got dtype {x.dtype}")
+    if n_copies < 1:
+        raise ValueError(f"expected n_copies >= 1, got {n_copies}")
+    x = x.repeat(n_copies, *([1] * (x.dim() - 1))) if n_copies > 1 else x
     return x + torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
