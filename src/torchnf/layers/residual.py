@@ -34,7 +34,6 @@ from torchnf.functional.residual import (
 from torchnf.layers.linear import LUWeight
 from torchnf.nets.made import MADE
 
-
 #: Bound on ``|log r_1,ii|`` (Sylvester) and ``|log s_1|`` (generalized Sylvester): the
 #: diagonal gain lies in ``(e^-3, e^3)``, so the paired scale ``kappa / gain`` never explodes.
 DIAGONAL_LOG_BOUND = 3.0
@@ -56,7 +55,9 @@ class Planar(Bijector):
     invertible for any parameters. :math:`\log|\det| = \log(1 + w^\top \hat u\,
     \mathrm{sech}^2(w^\top x + b))`. Inverse: :math:`s = w^\top x + b` solves the increasing
     scalar equation :math:`s + w^\top \hat u \tanh(s) = w^\top y + b`, then
-    :math:`x = y - \hat u \tanh(s)`.
+    :math:`x = y - \hat u \tanh(s)`. (In floating point the margin
+    :math:`w^\top \hat u + 1 = \mathrm{softplus}(w^\top u)` rounds to 0 once
+    :math:`w^\top u < -37` in float64, -17 in float32: the map then has a point of zero slope.)
 
     Shapes: ``x``, ``y`` are ``(*batch, D)``, ``log_det`` is ``(*batch,)``.
 
@@ -202,7 +203,8 @@ class SylvesterBlock(Bijector):
     reflections), or a fixed permutation, ``"identity"`` or ``"reverse"`` (triangular
     Sylvester). ``R_1``, ``R_2`` are ``(M, M)`` upper triangular; their diagonals are
     parametrized as :math:`r_{1,ii} = \exp(3 \tanh(\rho_i / 3)) > 0` (positive without loss
-    of generality, ``tanh`` being odd; bounded so that :math:`r_{2,ii}` stays bounded) and :math:`r_{1,ii} r_{2,ii} = -1 + \mathrm{softplus}(\sigma_i + \log(e - 1)) > -1
+    of generality, ``tanh`` being odd; bounded away from 0 so that :math:`r_{2,ii}` cannot
+    blow up) and :math:`r_{1,ii} r_{2,ii} = -1 + \mathrm{softplus}(\sigma_i + \log(e - 1)) > -1
     = -1/\sup|\tanh'|`, so ``f`` is invertible for any parameter values.
     :math:`\log|\det| = \sum_i \log(1 + r_{1,ii} r_{2,ii} \mathrm{sech}^2(a_i))`,
     :math:`a = R_1 Q^\top x + b`. Starts as the identity (``R_2 = 0``).
