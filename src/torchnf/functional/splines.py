@@ -17,8 +17,10 @@ Outside ``[x_0, x_K]`` the map is the identity with ``log_det = 0`` (the knots p
 Every function is branch-free with static shapes: inputs are clamped into the interval before
 any arithmetic and the result is selected afterwards with ``torch.where``, so out-of-range
 inputs (``|x| = 1e4``, every input in the tails) produce neither NaN values nor NaN gradients.
-The inverse solves the per-bin quadratic :math:`a\theta^2 + b\theta + c = 0` in the stable form
-:math:`\theta = 2c / (-b - \sqrt{b^2 - 4ac})`, with the discriminant clamped at zero.
+The inverse solves the per-bin quadratic :math:`a\theta^2 + b\theta + c = 0` for its root in
+``[0, 1]`` without cancellation: :math:`\theta = 2c / (-b - \sqrt{b^2 - 4ac})` when
+:math:`b \ge 0`, :math:`\theta = (\sqrt{b^2 - 4ac} - b) / (2a)` otherwise, with the
+discriminant clamped at zero.
 
 References:
     Durkan, Bekasov, Murray, Papamakarios, "Neural Spline Flows", 2019, arXiv:1906.04032.
@@ -83,7 +85,8 @@ def rqs_knots(
     knots_x = _knots(widths, bound, min_bin_width)
     knots_y = _knots(heights, bound, min_bin_height)
     shift = math.log(math.expm1(1 - min_derivative))
-    inner = min_derivative + F.softplus(derivatives + shift)
+    # softplus as logaddexp: exact for large inputs too (F.softplus switches to linear at 20).
+    inner = min_derivative + torch.logaddexp(derivatives + shift, derivatives.new_zeros(()))
     d = F.pad(inner, (1, 1), value=1.0)
     return knots_x, knots_y, d
 
@@ -192,7 +195,13 @@ def rqs_inverse(
     # The discriminant is positive in exact arithmetic (the spline is strictly monotone); clamp
     # rounding below zero, away from zero so the square root's gradient stays finite.
     root = torch.sqrt((b.square() - 4 * a * c).clamp_min(tiny))
-    theta = (2 * c / (-b - root).clamp(max=-tiny)).clamp(0, 1)
+    # The root in [0, 1] without cancellation: 2c / (-b - root) when b >= 0 (the denominator is
+    # <= -root < 0), (root - b) / (2a) when b < 0 (then a > 0 since c <= 0). Both branches are
+    # computed on safe operands, then selected.
+    positive = b >= 0
+    q = -0.5 * (b + torch.where(positive, root, -root))
+    a_safe = torch.where(positive, torch.ones_like(a), a).clamp_min(tiny)
+    theta = torch.where(positive, c / q.clamp(max=-tiny), q / a_safe).clamp(0, 1)
     _, log_det = _log_slope(theta, s, d_k, d_k1)
     x = x_k + theta * w
     return torch.where(inside, x, y), torch.where(inside, -log_det, torch.zeros_like(log_det))
