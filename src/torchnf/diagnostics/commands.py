@@ -184,7 +184,7 @@ def bench_command(args: argparse.Namespace) -> int:
                 record["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
             record.update(entropy=entropy.value, seconds=time.perf_counter() - tic)
             records.append(record)
-            print(_bench_row(record), flush=True)
+            print(" ".join(_bench_row(record)), flush=True)
     header = ["model", "target", "dim", "KL (nats)", "NLL", "entropy", "time (s)"]
     print(_table(header, [_bench_row(r) for r in records]))
     out = Path(args.out)
@@ -263,13 +263,18 @@ def trace_command(args: argparse.Namespace) -> int:
             f"pass --target with one of {sorted(TARGETS)}"
         )
     estimates = trace(flow, name, args.n_samples, args.seed)
-    labels = ["start"] + [f"{i + 1}: {type(b).__name__}" for i, b in enumerate(trace_layers(flow))]
+    labels = trace_labels(flow)
     rows = [[label, str(kl)] for label, kl in zip(labels, estimates, strict=True)]
     print(_table(["after layer", f"KL({name} || flow), nats"], rows))
     output = Path(args.output) if args.output else checkpoint_dir(args.run) / "trace.png"
     plot_trace(estimates, labels, output, f"{type(flow).__name__} on {name}")
     print(f"wrote {output}")
     return 0
+
+
+def trace_labels(flow) -> list[str]:
+    """Labels of the trace's points: ``start``, then ``k: LayerClass`` for each layer."""
+    return ["start"] + [f"{i + 1}: {type(b).__name__}" for i, b in enumerate(trace_layers(flow))]
 
 
 def plot_trace(estimates: list[KLEstimate], labels: list[str], path: str | Path, title: str):
@@ -288,4 +293,11 @@ def plot_trace(estimates: list[KLEstimate], labels: list[str], path: str | Path,
     return _save(fig, path)
 
 
-__all__ = ["add_parsers", "bench_command", "check_command", "plot_trace", "trace_command"]
+__all__ = [
+    "add_parsers",
+    "bench_command",
+    "check_command",
+    "plot_trace",
+    "trace_command",
+    "trace_labels",
+]
