@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -21,9 +22,13 @@ from torch import Tensor
 
 from torchnf.core import registry
 from torchnf.core.flow import Flow
+from torchnf.data.images import load_images, save_image_grid
 from torchnf.data.loaders import SUFFIXES, check_data, load_array, save_array
 from torchnf.data.targets import TARGETS, get_target
 from torchnf.diagnostics import commands as diagnostics_commands
+from torchnf.diagnostics.bits import bits_per_dim
+from torchnf.layers.preprocessing import dequantize
+from torchnf.models.image import ImageFlow
 from torchnf.train import distributed
 from torchnf.train.checkpoint import load
 from torchnf.train.loop import evaluate_nll, fit
@@ -32,6 +37,8 @@ from torchnf.train.loop import evaluate_nll, fit
 DEFAULT_DATA = ("moons", "ring")
 #: Models tried in order when ``--model`` is not given.
 DEFAULT_MODELS = ("NSF", "RealNVP")
+#: Where the commands run unless told otherwise.
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,8 +89,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help=f"a built-in data set ({', '.join(sorted(TARGETS)) or 'none loaded'}) or a .npy/.csv "
-        f"file of points, one per row (default: the first available of {', '.join(DEFAULT_DATA)})",
+        help=f"a built-in data set ({', '.join(sorted(TARGETS)) or 'none loaded'}), a .npy/.csv "
+        f"file of points, one per row, or images: 'digits' or an MNIST path (IDX, .gz, .npz or "
+        f"a directory); images are dequantized, --n-points of them "
+        f"(default: the first available of {', '.join(DEFAULT_DATA)})",
     )
     p.add_argument(
         "--model",
@@ -106,6 +115,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="widths of each conditioner network's hidden layers",
     )
     p.add_argument("--n-layers", type=int, default=5, help="number of flow layers")
+    p.add_argument("--n-levels", type=int, default=None, help="scales of an image model (Glow)")
+    p.add_argument("--n-steps", type=int, default=None, help="steps per scale of Glow")
+    p.add_argument("--hidden-channels", type=int, default=None, help="conv width of an image model")
     p.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm")
     p.add_argument(
         "--val-fraction", type=float, default=0.1, help="fraction held out for validation"
@@ -115,7 +127,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="run name (default: <data>-<model>)")
     p.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=DEFAULT_DEVICE,
         help="torch device to train on",
     )
     p.add_argument(
@@ -156,11 +168,17 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     model_name = args.model or _first_available(
         DEFAULT_MODELS, {e.name: e for e in registry.entries("model")}, "model"
     )
-    data = resolve_data(data_name, args.n_points, args.seed)
+    images = load_images(data_name, "train")
+    if images is None:
+        data, n_values = resolve_data(data_name, args.n_points, args.seed), None
+    else:  # several dequantized copies of the discrete training images
+        pixels, n_values = images
+        copies = max(1, math.ceil(args.n_points / len(pixels)))
+        data = dequantize(pixels, torch.Generator().manual_seed(args.seed), copies)
     torch.manual_seed(args.seed)
     if args.threads is not None or data.shape[1:].numel() <= 100:
         torch.set_num_threads(args.threads or 1)
-    flow = build_model(model_name, data.shape[1:], args)
+    flow = build_model(model_name, data.shape[1:], args, n_values)
     name = args.name or f"{Path(data_name).stem}-{registry.get(model_name).name}".lower()
     run = Path(args.out) / name
     main_rank = distributed.rank() == 0
@@ -183,11 +201,18 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         device=device,
-        metadata={"data": data_name, "input_size": data.shape[1:].numel(), "seed": args.seed},
+        metadata={
+            "data": data_name,
+            "input_size": data.shape[1:].numel(),
+            "seed": args.seed,
+            "n_values": n_values,
+        },
     )
     if not main_rank:
         return
-    plots = [] if args.no_plots else write_plots(flow, data, history.records, run, args.seed)
+    plots = (
+        [] if args.no_plots else write_plots(flow, data, history.records, run, args.seed, n_values)
+    )
     if not args.quiet:
         last = history.records[-1] if history.records else {}
         nll = last.get("val_nll", last.get("train_nll", float("nan")))
@@ -200,12 +225,22 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
             + "".join(f", {p.name}" for p in plots)
             + ")"
         )
+        if images is not None:
+            test = load_images(data_name, "test")[0]
+            bits = bits_per_dim(flow, test.to(device), generator=torch.Generator().manual_seed(0))
+            print(f"test bits/dim on {data_name}: {bits:.4f} over {len(test)} images")
 
 
 def write_plots(
-    flow: Flow, data: Tensor, records: list[dict[str, float]], run: Path, seed: int
+    flow: Flow,
+    data: Tensor,
+    records: list[dict[str, float]],
+    run: Path,
+    seed: int,
+    n_values: int | None = None,
 ) -> list[Path]:
-    """The run's PNG plots: training curve, learned density (1-D/2-D), samples."""
+    """The run's PNG plots: training curve, learned density (1-D/2-D), samples (an image
+    grid for image data of ``n_values`` pixel values)."""
     from torchnf import plotting
 
     flow.eval()
@@ -213,6 +248,8 @@ def write_plots(
     if data.dim() == 2 and data.shape[1] <= 2:
         paths.append(plotting.plot_density(flow, data, run / "density.png"))
     torch.manual_seed(seed)
+    if n_values is not None:
+        return [*paths, save_image_grid(flow.sample(64).cpu(), run / "samples.png", n_values)]
     samples = flow.sample(min(len(data), 5000)).cpu()
     paths.append(plotting.plot_samples(samples, data[: len(samples)], run / "samples.png"))
     return paths
@@ -228,30 +265,45 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN", help="a run directory written by `torchnf train`")
     p.add_argument("-n", "--n-samples", type=int, default=1000, help="number of samples N")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .npy or .csv file")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="output .npy or .csv file, or a .png image grid for image runs",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="scale of the base draws, z ~ T z_0"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--batch-size", type=int, default=65536, help="samples drawn per pass")
-    p.add_argument("--device", default="cpu", help="torch device to sample on")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="torch device to sample on")
     p.set_defaults(func=sample_command)
 
 
 def sample_command(args: argparse.Namespace) -> None:
     """``torchnf sample``: load a run, draw samples, write them."""
     output = Path(args.output)
-    if output.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"{output}: expected a .npy or .csv output file")
+    grid = output.suffix.lower() == ".png"
+    if output.suffix.lower() not in SUFFIXES and not grid:
+        raise ValueError(f"{output}: expected a .npy, .csv or .png output file")
     if args.n_samples < 1:
         raise ValueError(f"expected -n >= 1, got {args.n_samples}")
     flow = load(args.run, device=args.device)
     if flow.context_size:
         raise ValueError(f"{args.run}: the model is conditional; sample it from Python")
+    if grid and not isinstance(flow, ImageFlow):
+        raise ValueError(f"{output}: a .png image grid needs an image run (--data digits, ...)")
     torch.manual_seed(args.seed)
     chunks = [
-        flow.sample(min(args.batch_size, args.n_samples - start)).cpu()
+        flow.sample(min(args.batch_size, args.n_samples - start), temperature=args.temperature)
         for start in range(0, args.n_samples, args.batch_size)
     ]
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_array(torch.cat(chunks), output)
+    if grid:
+        save_image_grid(torch.cat(chunks).cpu(), output, flow.config["n_values"])
+    else:
+        save_array(torch.cat(chunks).cpu(), output)
     print(f"wrote {args.n_samples} samples to {output}")
 
 
@@ -270,13 +322,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help="a .npy/.csv file of points, or a built-in data set name",
+        help="a .npy/.csv file of points, a built-in data set name, or image data ('digits', "
+        "an MNIST path): bits/dim of its test split",
     )
     p.add_argument(
         "--n-points", type=int, default=20000, help="points drawn from a built-in data set"
     )
     p.add_argument("--seed", type=int, default=1, help="seed of a built-in data set's points")
-    p.add_argument("--device", default="cpu", help="torch device to evaluate on")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="torch device to evaluate on")
     p.set_defaults(func=evaluate_command)
 
 
@@ -285,9 +338,16 @@ def evaluate_command(args: argparse.Namespace) -> None:
     flow = load(args.run, device=args.device)
     if flow.context_size:
         raise ValueError(f"{args.run}: the model is conditional; evaluate it from Python")
+    dtype = next(iter(flow.parameters())).dtype
+    images = load_images(args.data, "test")
+    if images is not None:
+        test = images[0].to(args.device, dtype)
+        check_data(test, flow.event_shape, f"images in {args.data}")
+        bits = bits_per_dim(flow, test, generator=torch.Generator().manual_seed(args.seed))
+        print(f"{bits:.6f} bits/dim over the {len(test)} test images of {args.data}")
+        return
     data = resolve_data(args.data, args.n_points, args.seed)
     check_data(data, flow.event_shape, f"data in {args.data}")
-    dtype = next(iter(flow.parameters())).dtype
     nll = evaluate_nll(flow, data.to(args.device, dtype))
     dims = data.shape[1:].numel()
     print(
@@ -311,16 +371,25 @@ def resolve_data(spec: str, n_points: int, seed: int) -> Tensor:
     return get_target(spec).sample(n_points, seed=seed)
 
 
-def build_model(name: str, event_shape: torch.Size, args: argparse.Namespace) -> Flow:
+def build_model(
+    name: str, event_shape: torch.Size, args: argparse.Namespace, n_values: int | None = None
+) -> Flow:
     """The registered model ``name`` for events of ``event_shape``, with the command's sizes
-    (``--n-layers``, ``--hidden-sizes``) where its constructor takes them."""
+    (``--n-layers``, ``--hidden-sizes``, ``--n-levels``, ``--n-steps``, ``--hidden-channels``)
+    where its constructor takes them; for discrete images of ``n_values`` pixel values, inside
+    an :class:`~torchnf.models.ImageFlow` (logit preprocessing, flattening for vector models)."""
     entry = registry.get(name)
     if entry.kind != "model":
         names = [e.name for e in registry.entries("model")]
         raise ValueError(f"{entry.name} is a layer, not a model; expected one of {names}")
     accepted = inspect.signature(entry.cls).parameters
     options = {"n_layers": args.n_layers, "hidden_sizes": list(args.hidden_sizes)}
+    for key in ("n_levels", "n_steps", "hidden_channels"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
     kwargs = {k: v for k, v in options.items() if k in accepted}
+    if n_values is not None:
+        return ImageFlow(list(event_shape), entry.name, kwargs, n_values)
     if "input_size" in accepted:
         if len(event_shape) != 1:
             raise ValueError(f"{entry.name} models vectors; got points of shape {event_shape}")
