@@ -100,7 +100,7 @@ ERRORS = {
     "unknown-model": "unknown layer or model 'Nope'",
     "layer-not-model": "Reverse is a layer, not a model",
     "missing-run": "no-run: no such checkpoint directory",
-    "bad-output": "s.txt: expected a .npy or .csv output file",
+    "bad-output": r"s.txt: expected a .npy, .csv or .png output file",
     "corrupt-run": "model.safetensors: corrupt checkpoint weights",
     "wrong-dimension": r"expected data in .*three.npy of shape \(N, 2\), got \(4, 3\)",
     "nan-data": "nan.csv: expected finite data, found NaN at row 1",
