@@ -285,7 +285,12 @@ class _Batches:
         epoch, k = divmod(step, self.steps_per_epoch)
         if epoch != self.epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 1)
-            self.perm, self.epoch = torch.randperm(self.n, generator=g).to(self.device), epoch
+            # Drawn on the CPU (the same order on every device), copied without a host sync.
+            perm = torch.randperm(self.n, generator=g)
+            if self.device.type == "cuda":
+                perm = perm.pin_memory()
+            self.perm = perm.to(self.device, non_blocking=True)
+            self.epoch = epoch
         return self.perm[k * self.batch_size : (k + 1) * self.batch_size]
 
     def local_indices(self, step: int) -> Tensor:
