@@ -169,3 +169,32 @@ def test_load_mnist_missing_paths(tmp_path: Path) -> None:
         load_mnist(tmp_path / "missing.idx")
     with pytest.raises(ValueError, match="expected split"):
         load_mnist(tmp_path, "all")
+
+
+# -- the command on image data ----------------------------------------------------------------
+
+
+def test_command_trains_samples_and_evaluates_on_digits(tmp_path: Path, capsys) -> None:
+    from torchnf.cli import main
+
+    run = tmp_path / "runs" / "digits-glow"
+    train = ["train", "--data", "digits", "--model", "glow", "--steps", "2", "--n-points", "300"]
+    sizes = ["--n-levels", "2", "--n-steps", "1", "--hidden-channels", "4"]
+    assert main([*train, *sizes, "--out", str(tmp_path / "runs"), "--batch-size", "32"]) == 0
+    assert "test bits/dim on digits" in capsys.readouterr().out
+    assert (run / "samples.png").is_file()
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(run), "-n", "9", "-o", str(grid), "--temperature", "0.7"]) == 0
+    assert grid.is_file()
+    assert main(["evaluate", str(run), "--data", "digits"]) == 0
+    assert "bits/dim over the 360 test images" in capsys.readouterr().out
+
+
+def test_command_refuses_an_image_grid_of_vectors(tmp_path: Path, capsys) -> None:
+    from torchnf.cli import main
+
+    out = str(tmp_path / "runs")
+    assert main(["train", "--data", "moons", "--steps", "1", "--no-plots", "--out", out]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "x.png")]) == 1
+    assert "needs an image run" in capsys.readouterr().err
