@@ -2,6 +2,7 @@
 
 from torchnf.data import densities, toy  # noqa: F401  (registers the built-in targets)
 from torchnf.data.densities import Banana, Funnel, GaussianTarget, StudentTTarget
+from torchnf.data.images import load_digits, load_images, load_mnist
 from torchnf.data.targets import TARGETS, GaussianMixtureTarget, Target, get_target, register_target
 
 __all__ = [
@@ -14,4 +15,7 @@ __all__ = [
     "StudentTTarget",
     "Banana",
     "Funnel",
+    "load_digits",
+    "load_images",
+    "load_mnist",
 ]
