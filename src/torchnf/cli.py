@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import math
 import sys
 import time
@@ -185,7 +186,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     if main_rank:
         run.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    history = fit(
+    fit(
         flow,
         data,
         steps=args.steps,
@@ -210,11 +211,11 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     )
     if not main_rank:
         return
-    plots = (
-        [] if args.no_plots else write_plots(flow, data, history.records, run, args.seed, n_values)
-    )
+    # The whole run's records, those before a resume included.
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    plots = [] if args.no_plots else write_plots(flow, data, records, run, args.seed, n_values)
     if not args.quiet:
-        last = history.records[-1] if history.records else {}
+        last = records[-1] if records else {}
         nll = last.get("val_nll", last.get("train_nll", float("nan")))
         dims = data.shape[1:].numel()
         print(

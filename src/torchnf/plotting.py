@@ -35,7 +35,8 @@ def plot_history(records: Sequence[dict[str, float]], path: str | Path) -> Path:
     ax.set_ylabel("NLL (nats)")
     ax.set_title("training curve")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     return _save(fig, path)
 
 
