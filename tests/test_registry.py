@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import torchnf
 import torchnf.layers
@@ -33,3 +34,9 @@ def test_every_public_bijector_is_registered() -> None:
 def test_every_registered_class_is_public() -> None:
     hidden = {e.name for e in entries()} - _public_bijectors()
     assert not hidden, f"registered but not exported from torchnf.layers/models: {sorted(hidden)}"
+
+
+def test_readme_lists_every_registered_class() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [e.name for e in entries() if f"`{e.name}`" not in readme]
+    assert not missing, f"README.md does not list: {missing}"
