@@ -109,8 +109,8 @@ class MADE(nn.Module):
             )
         weights = [layer.weight * getattr(self, f"mask{k}") for k, layer in enumerate(self.layers)]
         biases = [layer.bias for layer in self.layers]
-        if self.context_layer is not None:
-            biases[0] = biases[0] + self.context_layer(context)
+        # The context enters as a per-row bias of the first layer, computed once here.
+        shift = None if self.context_layer is None else self.context_layer(context)
         w_out = (self.output.weight * self.mask_out).view(
             self.input_size, self.params_per_feature, -1
         )
@@ -118,7 +118,9 @@ class MADE(nn.Module):
         act = self.activation
 
         def net(x: Tensor, feature: int | None = None) -> Tensor:
-            h = F.linear(x, weights[0]) + biases[0]
+            h = F.linear(x, weights[0], biases[0])
+            if shift is not None:
+                h = h + shift
             for w, b in zip(weights[1:], biases[1:], strict=True):
                 h = h + F.linear(act(h), w, b) if self.residual else F.linear(act(h), w, b)
             h = act(h)
