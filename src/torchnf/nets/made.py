@@ -89,6 +89,11 @@ class MADE(nn.Module):
         self.context_layer = (
             nn.Linear(context_size, hidden_sizes[0], bias=False) if context_size else None
         )
+        # Hidden units ordered by degree: feature i's parameters need only the units of degree
+        # <= i, a prefix of each layer in this order, so a sequential inverse skips the rest.
+        for k, degree in enumerate(degrees[1:]):
+            self.register_buffer(f"order{k}", torch.argsort(degree, stable=True), persistent=False)
+        self.prefix_sizes = [[int((degree <= i).sum()) for degree in degrees[1:]] for i in range(d)]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Return the parameters ``(*batch, D, params_per_feature)`` of every feature."""
@@ -99,8 +104,10 @@ class MADE(nn.Module):
 
         Masked weights and the context's contribution are computed here, once, so the ``D``
         sequential passes of an autoregressive inverse reuse them. ``net(x, feature=i)``
-        returns only the parameters of feature ``i``, shape ``(*batch, P)`` (the output layer
-        restricted to its rows).
+        returns only the parameters of feature ``i``, shape ``(*batch, P)``: it reads only
+        ``x[..., :i]`` and computes only the hidden units of degree ``<= i`` (with the units
+        ordered by degree, a prefix of each layer), about a third of a full pass on average
+        for two hidden layers.
         """
         if (context is None) != (self.context_layer is None):
             raise ValueError(
@@ -116,18 +123,41 @@ class MADE(nn.Module):
         )
         b_out = self.output.bias.view(self.input_size, self.params_per_feature)
         act = self.activation
+        ordered: list = []  # (weights, biases, shift, w_out), hidden units by degree, built once
+
+        def trunk(
+            x: Tensor,
+            weights: list[Tensor],
+            biases: list[Tensor],
+            shift: Tensor | None,
+            sizes: list[int],
+        ) -> Tensor:
+            # The first sizes[k] units of each hidden layer k, from the inputs x.
+            h = F.linear(x, weights[0][: sizes[0], : x.shape[-1]], biases[0][: sizes[0]])
+            if shift is not None:
+                h = h + shift[..., : sizes[0]]
+            for w, b, m, m_in in zip(weights[1:], biases[1:], sizes[1:], sizes[:-1], strict=True):
+                out = F.linear(act(h), w[:m, :m_in], b[:m])
+                h = h + out if self.residual else out
+            return act(h)
 
         def net(x: Tensor, feature: int | None = None) -> Tensor:
-            h = F.linear(x, weights[0], biases[0])
-            if shift is not None:
-                h = h + shift
-            for w, b in zip(weights[1:], biases[1:], strict=True):
-                h = h + F.linear(act(h), w, b) if self.residual else F.linear(act(h), w, b)
-            h = act(h)
-            if feature is not None:
-                return F.linear(h, w_out[feature], b_out[feature])
-            out = F.linear(h, w_out.flatten(0, 1), b_out.flatten())
-            return out.unflatten(-1, (self.input_size, self.params_per_feature))
+            if feature is None:
+                h = trunk(x, weights, biases, shift, [len(b) for b in biases])
+                out = F.linear(h, w_out.flatten(0, 1), b_out.flatten())
+                return out.unflatten(-1, (self.input_size, self.params_per_feature))
+            if not ordered:
+                o = [getattr(self, f"order{k}") for k in range(len(weights))]
+                ws = [weights[0][o[0]]]
+                ws += [w[i][:, j] for w, i, j in zip(weights[1:], o[1:], o[:-1], strict=True)]
+                bs = [b[i] for b, i in zip(biases, o, strict=True)]
+                ordered.extend(
+                    [ws, bs, None if shift is None else shift[..., o[0]], w_out[..., o[-1]]]
+                )
+            ws, bs, sh, wo = ordered
+            sizes = self.prefix_sizes[feature]
+            h = trunk(x[..., :feature], ws, bs, sh, sizes)
+            return F.linear(h, wo[feature, :, : sizes[-1]], b_out[feature])
 
         return net
 
