@@ -93,11 +93,15 @@ def rqs_knots(
 
 def _knots(unnormalized: Tensor, bound: float, minimum: float) -> Tensor:
     n_bins = unnormalized.shape[-1]
-    fractions = minimum + (1 - minimum * n_bins) * torch.softmax(unnormalized, dim=-1)
-    cumulative = torch.cumsum(fractions[..., :-1], dim=-1)
-    inner = bound * (2 * cumulative - 1)
-    # Pin both ends exactly at -bound and bound, whatever the rounding of the cumulative sum.
-    return F.pad(F.pad(inner, (1, 0), value=-bound), (0, 1), value=bound)
+    # Softmax and cumsum over the leading dimension: ATen's CPU kernels over a short last
+    # dimension are several times slower (4x forward and backward for 8 bins at batch 4096).
+    u = unnormalized.movedim(-1, 0)
+    fractions = minimum + (1 - minimum * n_bins) * torch.softmax(u, dim=0)
+    cumulative = torch.cumsum(fractions[:-1], dim=0).movedim(0, -1)
+    knots = F.pad(bound * (2 * cumulative - 1), (1, 1), value=-bound)
+    # Both ends exactly at -bound and bound, whatever the rounding of the cumulative sum.
+    knots[..., -1] = bound
+    return knots
 
 
 def _bin(
@@ -109,15 +113,12 @@ def _bin(
     inside = (v >= lo) & (v <= hi)
     v = torch.minimum(torch.maximum(v, lo), hi)
     index = (v[..., None] >= knots[..., 1:-1]).sum(-1, keepdim=True)
-    upper = index + 1
-
-    def at(t: Tensor, i: Tensor) -> Tensor:
-        return t.gather(-1, i).squeeze(-1)
-
-    x_k, y_k, d_k = at(knots_x, index), at(knots_y, index), at(derivatives, index)
-    w = at(knots_x, upper) - x_k
-    h = at(knots_y, upper) - y_k
-    return v, inside, x_k, w, y_k, h, d_k, at(derivatives, upper)
+    # One gather per tensor for both ends of the bin (half the gathers and their backward).
+    ends = torch.cat([index, index + 1], dim=-1)
+    x_k, x_k1 = knots_x.gather(-1, ends).unbind(-1)
+    y_k, y_k1 = knots_y.gather(-1, ends).unbind(-1)
+    d_k, d_k1 = derivatives.gather(-1, ends).unbind(-1)
+    return v, inside, x_k, x_k1 - x_k, y_k, y_k1 - y_k, d_k, d_k1
 
 
 def _log_slope(theta: Tensor, s: Tensor, d_k: Tensor, d_k1: Tensor) -> tuple[Tensor, Tensor]:
