@@ -9,7 +9,8 @@ baseline, and writes two figures:
 - ``examples/figures/digits_generation.png``: samples ``f^{-1}(T z)``, ``z ~ N(0, I)``, at
   temperatures T = 0.5, 0.8 and 1.0.
 
-About ten minutes on two CPU cores::
+Measured: 2.18 test bits/dim (independent pixels: 2.42), reconstruction error 1.2e-05, in
+about 26 minutes of training on 2 CPU cores shared with other jobs (1500 steps)::
 
     python examples/digits.py [--steps 1500]
 """
