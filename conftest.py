@@ -1,7 +1,14 @@
-"""Doctest namespace: every docstring example may use ``torch`` without importing it."""
+"""Test session set-up: one intra-op thread, and ``torch`` in the doctest namespace.
+
+The tests use tiny tensors, for which torch's thread pool costs more than it gives (4x slower
+with two threads on a 2-core machine that is doing anything else); the library itself never
+changes torch's global settings.
+"""
 
 import pytest
 import torch
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
