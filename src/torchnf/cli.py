@@ -146,6 +146,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the run's checkpoint if it has one"
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--compile", action="store_true", help="compile the training step with torch.compile"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=train_command)
 
@@ -202,6 +205,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         device=device,
+        compile=args.compile,
         metadata={
             "data": data_name,
             "input_size": data.shape[1:].numel(),

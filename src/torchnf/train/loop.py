@@ -82,6 +82,7 @@ def fit(
     resume: bool = False,
     device: str | torch.device | None = None,
     metadata: dict[str, Any] | None = None,
+    compile: bool = False,
 ) -> History:
     r"""Fit ``flow`` to ``data`` by maximum likelihood (minimizing :func:`~torchnf.nll`).
 
@@ -120,6 +121,9 @@ def fit(
         resume: continue from the checkpoint in ``checkpoint_dir`` if it has a training state.
         device: where to train (default: where the flow's parameters are).
         metadata: extra JSON-serializable values stored in the checkpoint's config.
+        compile: run the objective (the NLL, its forward and backward) through
+            :func:`torch.compile`; the first step compiles (tens of seconds on a CPU), later
+            steps run the fused code. The results equal eager mode up to float rounding.
 
     Returns:
         The :class:`History` of log records.
@@ -180,6 +184,8 @@ def fit(
     objective: nn.Module = _Objective(flow)
     if world > 1:
         objective = DistributedDataParallel(objective, device_ids=_device_ids(device))
+    if compile:
+        objective = torch.compile(objective)
     main = rank == 0
     log = _open_log(log_path, append=start > 0) if main else None
     history = History()
