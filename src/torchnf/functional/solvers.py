@@ -5,6 +5,8 @@ Numerical inverses (planar, Sylvester, generalized Sylvester) reduce to equation
 ``lower <= x <= upper``. :func:`solve_increasing` solves them elementwise with Newton steps
 kept inside the bracket (bisection otherwise), so it converges for every increasing ``g``,
 and raises :class:`ConvergenceError` with the residual when ``tol`` is not met in time.
+The stopping test reads one boolean back to the host per iteration: a device sync, and a
+graph break under :func:`torch.compile` (the iteration count depends on the data).
 """
 
 from __future__ import annotations

@@ -86,7 +86,9 @@ class SylvesterNet(Flow):
     ``q="triangular"`` uses fixed permutations alternating between the identity and the
     reversal (triangular Sylvester flows). Every block starts as the identity and ``A`` as
     the identity until ``flow.initialize(x)`` standardizes the data. The base is
-    :math:`N(0, I)`.
+    :math:`N(0, I)`. Under :func:`torch.compile`, ``log_prob`` and its backward trace as one
+    graph; sampling does not: the numerical inverse checks convergence on the host after each
+    iteration, so every iteration ends a graph.
 
     Shapes: ``x`` is ``(*batch, input_size)``.
 
