@@ -160,3 +160,11 @@ def test_base_samples_and_log_prob_normalizes(base) -> None:
         return
     mass = base.double().log_prob(grid).exp().sum() * (g[1] - g[0]) ** 2
     torch.testing.assert_close(mass, torch.tensor(1.0, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_module_apply_works_on_models_with_lu_and_qr_weights() -> None:
+    from torchnf.layers import QRLinear
+
+    chain = Chain(LULinear(3), QRLinear(3))
+    chain.apply(lambda m: None)
+    assert chain(torch.randn(2, 3))[0].shape == (2, 3)

@@ -224,7 +224,7 @@ class InvertibleConv1x1(Bijector):
         return (h * w * self.matrix.log_abs_det()).expand(_batch(x))
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        y = self.matrix.apply(x.movedim(-3, -1)).movedim(-1, -3)
+        y = self.matrix.matmul(x.movedim(-3, -1)).movedim(-1, -3)
         return y, self._log_det(x)
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -60,7 +60,7 @@ class LUWeight(nn.Module):
     def log_abs_det(self) -> Tensor:
         return self.log_diag.sum()
 
-    def apply(self, x: Tensor) -> Tensor:
+    def matmul(self, x: Tensor) -> Tensor:
         """Rows ``W x`` for ``x (..., n)``."""
         return x @ self.weight().mT
 
@@ -109,7 +109,7 @@ class QRWeight(nn.Module):
     def log_abs_det(self) -> Tensor:
         return self.log_diag.sum()
 
-    def apply(self, x: Tensor) -> Tensor:
+    def matmul(self, x: Tensor) -> Tensor:
         """Rows ``W x`` for ``x (..., n)``."""
         return x @ self.weight().mT
 
@@ -119,14 +119,14 @@ class QRWeight(nn.Module):
 
 
 class _MatrixLinear(Bijector):
-    """``y = W x`` on vectors for a weight module with ``apply``/``solve``/``log_abs_det``."""
+    """``y = W x`` on vectors for a weight module with ``matmul``/``solve``/``log_abs_det``."""
 
     def __init__(self, weight: LUWeight | QRWeight) -> None:
         super().__init__(len(weight.log_diag))
         self.matrix = weight
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.matrix.apply(x), self.matrix.log_abs_det().expand(x.shape[:-1])
+        return self.matrix.matmul(x), self.matrix.log_abs_det().expand(x.shape[:-1])
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return self.matrix.solve(y), (-self.matrix.log_abs_det()).expand(y.shape[:-1])

@@ -363,12 +363,12 @@ class GeneralizedSylvesterBlock(Bijector):
         return f, torch.log1p(scale * gain * sech2(a)).sum(-1)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        u = self.weight.apply(x)
+        u = self.weight.matmul(x)
         f, log_det = self._residual(u, self.made(u, context))
         return x + self.weight.solve(f), log_det
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        t = self.weight.apply(y)
+        t = self.weight.matmul(y)
         net = self.made.conditioner(context)
         d = self.input_size
         cols: list[Tensor] = []
