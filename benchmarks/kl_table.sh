@@ -8,3 +8,6 @@ common=(--models RealNVP MAF NSF --steps 1000 --threads 1)
 torchnf bench "${common[@]}" --targets moons ring checkerboard spirals --out benchmarks/kl/toy &
 torchnf bench "${common[@]}" --targets banana funnel student8 gaussian16 --out benchmarks/kl/densities &
 wait
+# The other models (second table of README.md) on the 2-D targets.
+torchnf bench --models NICE IAF PlanarFlow RadialFlow SylvesterNet GeneralizedSylvesterNet \
+  --steps 1000 --threads 1 --targets moons ring banana funnel --out benchmarks/kl/others
