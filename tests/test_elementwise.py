@@ -87,7 +87,7 @@ def test_softsquare_is_increasing_and_invertible(log_a: float, b_raw: float, y: 
     with torch.no_grad():
         layer.log_a.fill_(log_a)
         layer.b_raw.fill_(b_raw)
-    a, b = layer._coefficients()
+    a, b = (c.detach() for c in layer._coefficients())
     assert float(a) > 0 and float(b) >= 0
     y_ = torch.tensor([[y]], dtype=torch.float64)
     x = layer.inverse(y_)
