@@ -65,16 +65,19 @@ class Chain(Bijector):
             return Chain(*self.layers[index])
         return self.layers[index]
 
+    # The sum starts from the first layer's log-det (no zeros tensor, one add fewer).
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        log_det = x.new_zeros(x.shape[: x.dim() - self.event_dim])
-        for layer in self.layers:
+        layers = iter(self.layers)
+        x, log_det = next(layers)(x, context)
+        for layer in layers:
             x, ld = layer(x, context)
             log_det = log_det + ld
         return x, log_det
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        log_det = y.new_zeros(y.shape[: y.dim() - len(self.output_event_shape)])
-        for layer in reversed(self.layers):
+        layers = reversed(self.layers)
+        y, log_det = next(layers).inverse_and_log_det(y, context)
+        for layer in layers:
             y, ld = layer.inverse_and_log_det(y, context)
             log_det = log_det + ld
         return y, log_det

@@ -130,21 +130,27 @@ class MADE(nn.Module):
             weights: list[Tensor],
             biases: list[Tensor],
             shift: Tensor | None,
-            sizes: list[int],
+            sizes: list[int] | None = None,
         ) -> Tensor:
-            # The first sizes[k] units of each hidden layer k, from the inputs x.
-            h = F.linear(x, weights[0][: sizes[0], : x.shape[-1]], biases[0][: sizes[0]])
+            # The first sizes[k] units of each hidden layer k (all units if sizes is None:
+            # no slices, whose backward would allocate and fill zeros), from the inputs x.
+            if sizes is not None:
+                fan_in = [x.shape[-1], *sizes[:-1]]
+                weights = [w[:m, :k] for w, m, k in zip(weights, sizes, fan_in, strict=True)]
+                biases = [b[:m] for b, m in zip(biases, sizes, strict=True)]
+                shift = None if shift is None else shift[..., : sizes[0]]
+            h = F.linear(x, weights[0], biases[0])
             if shift is not None:
-                h = h + shift[..., : sizes[0]]
-            for w, b, m, m_in in zip(weights[1:], biases[1:], sizes[1:], sizes[:-1], strict=True):
-                out = F.linear(act(h), w[:m, :m_in], b[:m])
+                h = h + shift
+            for w, b in zip(weights[1:], biases[1:], strict=True):
+                out = F.linear(act(h), w, b)
                 h = h + out if self.residual else out
             return act(h)
 
         def net(x: Tensor, feature: int | None = None) -> Tensor:
             if feature is None:
-                h = trunk(x, weights, biases, shift, [len(b) for b in biases])
-                out = F.linear(h, w_out.flatten(0, 1), b_out.flatten())
+                h = trunk(x, weights, biases, shift)
+                out = F.linear(h, w_out.flatten(0, 1), self.output.bias)
                 return out.unflatten(-1, (self.input_size, self.params_per_feature))
             if not ordered:
                 o = [getattr(self, f"order{k}") for k in range(len(weights))]
