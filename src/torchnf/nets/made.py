@@ -97,7 +97,11 @@ class MADE(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Return the parameters ``(*batch, D, params_per_feature)`` of every feature."""
-        return self.conditioner(context)(x)
+        # The one-pass path of training: the masks applied and the layers run directly,
+        # without building a conditioner's closures.
+        weights, biases, shift = self._masked(context)
+        h = self._trunk(x, weights, biases, shift)
+        return self._head(h, self.output.weight * self.mask_out)
 
     def conditioner(self, context: Tensor | None = None) -> Callable[..., Tensor]:
         """Return ``net(x, feature=None)``: this MADE with its masks applied once.
@@ -109,49 +113,16 @@ class MADE(nn.Module):
         ordered by degree, a prefix of each layer), about a third of a full pass on average
         for two hidden layers.
         """
-        if (context is None) != (self.context_layer is None):
-            raise ValueError(
-                f"expected context of shape (..., {self.context_size}), got "
-                f"{None if context is None else tuple(context.shape)}"
-            )
-        weights = [layer.weight * getattr(self, f"mask{k}") for k, layer in enumerate(self.layers)]
-        biases = [layer.bias for layer in self.layers]
-        # The context enters as a per-row bias of the first layer, computed once here.
-        shift = None if self.context_layer is None else self.context_layer(context)
+        weights, biases, shift = self._masked(context)
         w_out = (self.output.weight * self.mask_out).view(
             self.input_size, self.params_per_feature, -1
         )
         b_out = self.output.bias.view(self.input_size, self.params_per_feature)
-        act = self.activation
         ordered: list = []  # (weights, biases, shift, w_out), hidden units by degree, built once
-
-        def trunk(
-            x: Tensor,
-            weights: list[Tensor],
-            biases: list[Tensor],
-            shift: Tensor | None,
-            sizes: list[int] | None = None,
-        ) -> Tensor:
-            # The first sizes[k] units of each hidden layer k (all units if sizes is None:
-            # no slices, whose backward would allocate and fill zeros), from the inputs x.
-            if sizes is not None:
-                fan_in = [x.shape[-1], *sizes[:-1]]
-                weights = [w[:m, :k] for w, m, k in zip(weights, sizes, fan_in, strict=True)]
-                biases = [b[:m] for b, m in zip(biases, sizes, strict=True)]
-                shift = None if shift is None else shift[..., : sizes[0]]
-            h = F.linear(x, weights[0], biases[0])
-            if shift is not None:
-                h = h + shift
-            for w, b in zip(weights[1:], biases[1:], strict=True):
-                out = F.linear(act(h), w, b)
-                h = h + out if self.residual else out
-            return act(h)
 
         def net(x: Tensor, feature: int | None = None) -> Tensor:
             if feature is None:
-                h = trunk(x, weights, biases, shift)
-                out = F.linear(h, w_out.flatten(0, 1), self.output.bias)
-                return out.unflatten(-1, (self.input_size, self.params_per_feature))
+                return self._head(self._trunk(x, weights, biases, shift), w_out.flatten(0, 1))
             if not ordered:
                 o = [getattr(self, f"order{k}") for k in range(len(weights))]
                 ws = [weights[0][o[0]]]
@@ -162,10 +133,53 @@ class MADE(nn.Module):
                 )
             ws, bs, sh, wo = ordered
             sizes = self.prefix_sizes[feature]
-            h = trunk(x[..., :feature], ws, bs, sh, sizes)
+            h = self._trunk(x[..., :feature], ws, bs, sh, sizes)
             return F.linear(h, wo[feature, :, : sizes[-1]], b_out[feature])
 
         return net
+
+    def _masked(self, context: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        """Masked hidden weights, hidden biases, and the context's shift of the first layer."""
+        if (context is None) != (self.context_layer is None):
+            raise ValueError(
+                f"expected context of shape (..., {self.context_size}), got "
+                f"{None if context is None else tuple(context.shape)}"
+            )
+        weights = [layer.weight * getattr(self, f"mask{k}") for k, layer in enumerate(self.layers)]
+        biases = [layer.bias for layer in self.layers]
+        # The context enters as a per-row bias of the first layer.
+        shift = None if self.context_layer is None else self.context_layer(context)
+        return weights, biases, shift
+
+    def _trunk(
+        self,
+        x: Tensor,
+        weights: list[Tensor],
+        biases: list[Tensor],
+        shift: Tensor | None,
+        sizes: list[int] | None = None,
+    ) -> Tensor:
+        """The last hidden layer's activations from the inputs ``x``: only the first
+        ``sizes[k]`` units of each hidden layer ``k`` (all units if ``sizes`` is None, without
+        slices, whose backward would allocate and fill zeros)."""
+        if sizes is not None:
+            fan_in = [x.shape[-1], *sizes[:-1]]
+            weights = [w[:m, :k] for w, m, k in zip(weights, sizes, fan_in, strict=True)]
+            biases = [b[:m] for b, m in zip(biases, sizes, strict=True)]
+            shift = None if shift is None else shift[..., : sizes[0]]
+        act = self.activation
+        h = F.linear(x, weights[0], biases[0])
+        if shift is not None:
+            h = h + shift
+        for w, b in zip(weights[1:], biases[1:], strict=True):
+            out = F.linear(act(h), w, b)
+            h = h + out if self.residual else out
+        return act(h)
+
+    def _head(self, h: Tensor, w_out: Tensor) -> Tensor:
+        """Every feature's parameters ``(*batch, D, P)`` from the masked output weight."""
+        out = F.linear(h, w_out, self.output.bias)
+        return out.unflatten(-1, (self.input_size, self.params_per_feature))
 
     def extra_repr(self) -> str:
         return (
