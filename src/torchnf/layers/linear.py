@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
@@ -246,7 +248,8 @@ class ActNorm(Bijector):
         self.register_buffer("initialized", torch.tensor(False))
 
     def _view(self, t: Tensor) -> Tensor:
-        return t.view(-1, *([1] * (self.event_dim - 1)))
+        # Per-feature parameters broadcast as they are over vector events (no view op).
+        return t if self.event_dim == 1 else t.view(-1, *([1] * (self.event_dim - 1)))
 
     def _initialize(self, x: Tensor, context: Tensor | None) -> None:
         per_channel = x.movedim(x.dim() - self.event_dim, -1).reshape(-1, self.event_shape[0])
@@ -255,8 +258,8 @@ class ActNorm(Bijector):
         self.initialized.fill_(True)
 
     def _log_det(self, x: Tensor) -> Tensor:
-        pixels = self.input_size // self.event_shape[0]
-        return (-pixels * self.log_scale.sum()).expand(x.shape[: x.dim() - self.event_dim])
+        pixels = math.prod(self.event_shape[1:])
+        return (self.log_scale.sum() * -pixels).expand(x.shape[: x.dim() - self.event_dim])
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         y = (x - self._view(self.loc)) * self._view(torch.exp(-self.log_scale))
