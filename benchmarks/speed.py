@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from source_trees import source_trees
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,15 +94,7 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"now": ROOT / "src"}
-        if args.baseline:
-            archive = subprocess.run(
-                ["git", "-C", str(ROOT), "archive", args.baseline, "src"],
-                capture_output=True,
-                check=True,
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-            trees = {args.baseline: Path(tmp) / "src", **trees}
+        trees = source_trees(args.baseline, tmp)
         print(
             f"batch {args.batch}, D = {args.dim}, default sizes (5 layers, hidden (128, 128)), "
             f"{args.threads} thread(s); median of {args.repeats} calls, ms"

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from source_trees import source_trees
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [(kind, dim) for kind in ("RealNVP", "MAF", "NSF") for dim in (2, 16)]
 
@@ -78,15 +80,7 @@ def main() -> None:
         print(json.dumps(measure(args.rounds)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"now": ROOT / "src"}
-        if args.baseline:
-            archive = subprocess.run(
-                ["git", "-C", str(ROOT), "archive", args.baseline, "src"],
-                capture_output=True,
-                check=True,
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-            trees = {args.baseline: Path(tmp) / "src", **trees}
+        trees = source_trees(args.baseline, tmp)
         best: dict[str, dict[str, dict[str, float]]] = {tree: {} for tree in trees}
         for _ in range(args.repeats):
             for tree, src in trees.items():
