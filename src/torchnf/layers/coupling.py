@@ -154,11 +154,18 @@ class AffineCoupling(Coupling):
 class AdditiveCoupling(Coupling):
     r"""NICE additive coupling ``y = f(x | c)``: :math:`y_{\bar m} = x_{\bar m} + t(x_m, c)`.
 
-    Volume preserving: ``log_det = 0``. Arguments as :class:`AffineCoupling` (no scale).
+    Volume preserving: ``log_det = 0``. Shapes and arguments as :class:`AffineCoupling`
+    (without ``scale_bound``).
 
     References:
         NICE: Non-linear Independent Components Estimation (Dinh et al., 2014,
         arXiv:1410.8516).
+
+    Example:
+        >>> layer = AdditiveCoupling(3, hidden_sizes=(8,))
+        >>> y, log_det = layer(torch.randn(4, 3))
+        >>> y.shape, log_det
+        (torch.Size([4, 3]), tensor([0., 0., 0., 0.]))
     """
 
     def __init__(

@@ -166,6 +166,12 @@ class QRLinear(_MatrixLinear):
     Arguments:
         input_size: number of features ``D``.
         seed: seed of the initial rotation.
+
+    Example:
+        >>> layer = QRLinear(3)
+        >>> x = torch.randn(5, 3)
+        >>> torch.allclose(layer.inverse(layer(x)[0]), x, atol=1e-5)
+        True
     """
 
     def __init__(self, input_size: int, seed: int = 0) -> None:
@@ -187,6 +193,13 @@ class Householder(Bijector):
     References:
         Improving Variational Auto-Encoders using Householder Flow (Tomczak & Welling, 2016,
         arXiv:1611.09630).
+
+    Example:
+        >>> layer = Householder(3, n_reflections=2)
+        >>> x = torch.randn(4, 3)
+        >>> y, log_det = layer(x)
+        >>> torch.allclose(y.norm(dim=-1), x.norm(dim=-1)), log_det
+        (True, tensor([0., 0., 0., 0.]))
     """
 
     def __init__(self, input_size: int, n_reflections: int = 2, seed: int = 0) -> None:

@@ -42,10 +42,16 @@ class Permutation(Bijector):
 
 @register("layer", example=lambda context_size: Reverse(4))
 class Reverse(Permutation):
-    """``y = x[..., ::-1]``: reverses the order of the ``input_size`` features.
+    """``y = f(x) = x[..., ::-1]``: reverses the order of the features; ``log_det = 0``.
+
+    Shapes: ``x`` and ``y`` are ``(*batch, D)``, ``log_det`` is ``(*batch,)``.
 
     Arguments:
         input_size: number of features ``D``.
+
+    Example:
+        >>> Reverse(3)(torch.tensor([[1.0, 2.0, 3.0]]))[0]
+        tensor([[3., 2., 1.]])
     """
 
     def __init__(self, input_size: int) -> None:
@@ -54,11 +60,20 @@ class Reverse(Permutation):
 
 @register("layer", example=lambda context_size: RandomPermutation(5, seed=1))
 class RandomPermutation(Permutation):
-    """``y = x[..., perm]`` with ``perm`` drawn once from ``seed`` (saved with the weights).
+    """``y = f(x) = x[..., perm]`` with ``perm`` drawn once from ``seed``; ``log_det = 0``.
+
+    ``perm`` is a buffer, saved with the weights. Shapes: ``x`` and ``y`` are ``(*batch, D)``,
+    ``log_det`` is ``(*batch,)``.
 
     Arguments:
         input_size: number of features ``D``.
         seed: seed of the permutation.
+
+    Example:
+        >>> layer = RandomPermutation(4, seed=1)
+        >>> x = torch.randn(2, 4)
+        >>> torch.equal(layer.inverse(layer(x)[0]), x)
+        True
     """
 
     def __init__(self, input_size: int, seed: int = 0) -> None:

@@ -86,6 +86,11 @@ class NICE(Flow):
     References:
         NICE: Non-linear Independent Components Estimation (Dinh et al., 2014,
         arXiv:1410.8516).
+
+    Example:
+        >>> flow = NICE(3, n_layers=2, hidden_sizes=(16,))
+        >>> flow.log_prob(torch.randn(6, 3)).shape
+        torch.Size([6])
     """
 
     def __init__(
