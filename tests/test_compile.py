@@ -157,10 +157,11 @@ def test_autoregressive_inverse_with_gradients_compiles_whole() -> None:
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)
 
 
-def test_fit_compiled_matches_eager() -> None:
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_fit_compiled_matches_eager(mode: bool | str) -> None:
     data = torch.randn(96, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     flows = []
-    for compile in (False, True):
+    for compile in (False, mode):
         torch.manual_seed(7)
         flow = MAF(2, n_layers=2, hidden_sizes=(8,)).double()
         fit(flow, data, steps=4, batch_size=32, lr=1e-2, progress=False, compile=compile)
@@ -168,6 +169,12 @@ def test_fit_compiled_matches_eager() -> None:
     eager, compiled = (dict(f.named_parameters()) for f in flows)
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-9, atol=1e-11)
+
+
+def test_fit_rejects_an_unknown_compile_mode() -> None:
+    flow = MAF(2, n_layers=1, hidden_sizes=(4,))
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        fit(flow, torch.randn(64, 2), steps=1, batch_size=32, progress=False, compile="fast")
 
 
 def test_train_command_has_compile_flag() -> None:

@@ -32,7 +32,7 @@ from torchnf.layers.preprocessing import dequantize
 from torchnf.models.image import ImageFlow
 from torchnf.train import distributed
 from torchnf.train.checkpoint import load
-from torchnf.train.loop import evaluate_nll, fit
+from torchnf.train.loop import COMPILE_MODES, evaluate_nll, fit
 
 #: Built-in data sets tried in order when ``--data`` is not given.
 DEFAULT_DATA = ("moons", "ring")
@@ -147,7 +147,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
-        "--compile", action="store_true", help="compile the training step with torch.compile"
+        "--compile",
+        nargs="?",
+        const="default",
+        default=False,
+        choices=COMPILE_MODES,
+        help="compile the training step with torch.compile, in this mode (bare --compile: "
+        "'default'); 'reduce-overhead' also replays it as CUDA graphs on a GPU, the fastest "
+        "training mode there",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=train_command)
