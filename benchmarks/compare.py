@@ -13,10 +13,21 @@ target and model:
   from other processes on a shared machine biases no library;
 - parameter counts.
 
+With ``--speed``, only speed is measured, on a fixed batch of a correlated Gaussian in each
+of ``--dims`` (the issue-7 setting: batch 4096, D = 16 and 64): per model, library and
+``--modes`` (``eager``, and the :func:`torch.compile` modes ``default``, ``reduce-overhead``
+(CUDA graphs on a GPU), ``max-autotune``), the training step (``-log_prob(x).mean()``,
+``backward``, one Adam step with the same optimizer settings for every library) in ms and
+steps/s, its peak memory on a GPU, ``log_prob`` and sampling samples/s, and for torchnf the
+*floor*: the same step run on its bare conditioner networks alone (every MLP/MADE of the flow,
+fed random inputs of their sizes), in the same mode, and torchnf's step time over it.
+
 Peers need the ``bench`` extra (``pip install zuko nflows normflows``); a library that is not
-installed is skipped. Not run in CI. Example (a few minutes on a 2-core CPU)::
+installed is skipped. Not run in CI. ``--device cuda`` runs everything on a GPU. Examples (the
+first takes a few minutes on a 2-core CPU)::
 
     python benchmarks/compare.py --targets ring gaussian16 --steps 500
+    python benchmarks/compare.py --speed --device cuda --modes eager default reduce-overhead
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from torchnf.data import get_target
+from torchnf.nets import MLP, ConvNet
+from torchnf.nets.made import MADE
 
 
 @dataclass
@@ -169,14 +182,10 @@ BUILDERS = {
 # -- measurement ------------------------------------------------------------------------------
 
 
-def best_time(f: Callable[[], object], repeats: int) -> float:
-    f()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - start)
-    return best
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device's queued kernels, so that a host clock times them."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train(library, kind, dim, train_set, sizes, args) -> tuple[Model, float]:
@@ -187,6 +196,8 @@ def train(library, kind, dim, train_set, sizes, args) -> tuple[Model, float]:
     """
     torch.manual_seed(args.seed)
     model = BUILDERS[library](kind, dim, sizes)
+    model.module.to(args.device)
+    train_set = train_set.to(args.device)
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))
     batches = [
         train_set[order[(i * args.batch_size) % len(train_set) :][: args.batch_size]]
@@ -196,12 +207,14 @@ def train(library, kind, dim, train_set, sizes, args) -> tuple[Model, float]:
     optimizer = torch.optim.Adam(model.module.parameters(), lr=args.lr)
     chunk, times = 25, []
     for i in range(0, args.steps, chunk):
+        synchronize(args.device)
         start = time.perf_counter()
         for batch in batches[i : i + chunk]:
             loss = -model.log_prob(batch).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        synchronize(args.device)
         times.append((time.perf_counter() - start) / len(batches[i : i + chunk]))
     times.sort()
     fastest = times[: max(1, len(times) // 4)]
@@ -209,16 +222,18 @@ def train(library, kind, dim, train_set, sizes, args) -> tuple[Model, float]:
     return model, len(fastest) / sum(fastest)
 
 
-def kl(model: Model, test: Tensor, test_log_p: Tensor) -> tuple[float, float, int]:
+def kl(model: Model, test: Tensor, test_log_p: Tensor, device: str) -> tuple[float, float, int]:
     """Forward KL ``E_p[log p - log q]``, its standard error and the non-finite count."""
     with torch.no_grad():
-        gap = test_log_p - model.log_prob(test).double()
+        gap = test_log_p - model.log_prob(test.to(device)).double().cpu()
     finite = gap.isfinite()
     gap = gap[finite]
     return gap.mean().item(), (gap.std() / math.sqrt(len(gap))).item(), int((~finite).sum())
 
 
-def throughputs(models: dict[str, Model], test: Tensor, repeats: int) -> dict[str, tuple]:
+def throughputs(
+    models: dict[str, Model], test: Tensor, repeats: int, device: str = "cpu"
+) -> dict[str, tuple]:
     """Best-of-``repeats`` log_prob and sampling rates, the libraries interleaved per round."""
     best = {lib: [math.inf, math.inf] for lib in models}
     with torch.no_grad():
@@ -228,10 +243,178 @@ def throughputs(models: dict[str, Model], test: Tensor, repeats: int) -> dict[st
         for _ in range(repeats):
             for lib, model in models.items():
                 for j, (f, arg) in enumerate(((model.log_prob, test), (model.sample, len(test)))):
+                    synchronize(device)
                     start = time.perf_counter()
                     f(arg)
+                    synchronize(device)
                     best[lib][j] = min(best[lib][j], time.perf_counter() - start)
     return {lib: (len(test) / a, len(test) / b) for lib, (a, b) in best.items()}
+
+
+# -- speed (--speed) ----------------------------------------------------------------------------
+
+
+def correlated_gaussian(n: int, dim: int, seed: int) -> Tensor:
+    """``n`` points of a seeded Gaussian with correlated features, ``(n, dim)``."""
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.eye(dim) + torch.randn(dim, dim, generator=g) / math.sqrt(dim)
+    return torch.randn(n, dim, generator=g) @ mixing
+
+
+def in_mode(f: Callable, mode: str) -> Callable:
+    """``f`` itself in eager mode, else ``torch.compile(f, mode=mode)``."""
+    return f if mode == "eager" else torch.compile(f, mode=mode)
+
+
+def uses_graphs(mode: str, device: torch.device) -> bool:
+    return mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
+
+
+def best_seconds(f: Callable[[], object], device: torch.device, rounds: int, calls: int) -> float:
+    """Best mean seconds per call of ``f`` over ``rounds`` rounds of ``calls`` calls, after
+    three warm-up calls (which include compilation)."""
+    for _ in range(3):
+        f()
+    best = math.inf
+    for _ in range(rounds):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            f()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def training_step(module: nn.Module, loss: Callable[[], Tensor], mode: str, device) -> Callable:
+    """One step: ``loss()`` (compiled in ``mode``), backward, fused Adam (every library alike)."""
+    loss = in_mode(loss, mode)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, fused=True)
+    graphs = uses_graphs(mode, device)
+
+    def step() -> None:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        value = loss()
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+
+    return step
+
+
+def floor_step(flow: nn.Module, batch_size: int, mode: str, device: torch.device) -> Callable:
+    """The training step of ``flow``'s bare conditioner networks (its MLPs and MADEs) on random
+    inputs of their sizes: a lower bound on any step of the flow."""
+    nets = nn.ModuleList(m for m in flow.modules() if isinstance(m, (MLP, MADE, ConvNet)))
+    inputs = [torch.randn(batch_size, net.input_size, device=device) for net in nets]
+    return training_step(
+        nets, lambda: sum(net(x).mean() for net, x in zip(nets, inputs, strict=True)), mode, device
+    )
+
+
+def measure_speed(library: str, kind: str, x: Tensor, mode: str, args) -> dict[str, float]:
+    """The row of one library, model and mode (NaN where a measurement failed)."""
+    device = x.device
+    torch.manual_seed(args.seed)
+    model = BUILDERS[library](kind, x.shape[-1], sizes_of(args))
+    model.module.to(device)
+    model.prepare(x)
+    model.module.train()
+    row = dict.fromkeys(("step", "peak", "log_prob", "sample", "floor"), math.nan)
+
+    def attempt(key: str, f: Callable[[], float]) -> None:
+        try:
+            row[key] = f()
+        except Exception as error:  # a peer that cannot compile: report it, keep going
+            print(f"# {library} {kind} D={x.shape[-1]} {mode} {key}: {error!r:.200}", flush=True)
+
+    step = training_step(model.module, lambda: -model.log_prob(x).mean(), mode, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    attempt("step", lambda: best_seconds(step, device, args.repeats, args.calls))
+    if device.type == "cuda":
+        row["peak"] = torch.cuda.max_memory_allocated(device) / 2**20
+    model.module.eval()
+    n = args.n_eval
+    test = correlated_gaussian(n, x.shape[-1], args.seed + 1).to(device)
+    with torch.no_grad():
+        log_prob = in_mode(model.log_prob, mode)
+        timed_log_prob = lambda: best_seconds(lambda: log_prob(test), device, args.repeats, 1)  # noqa: E731
+        attempt("log_prob", lambda: n / timed_log_prob())
+        if mode == "eager" or args.compile_sampling:
+            sample = in_mode(lambda: model.sample(n), mode)
+            attempt("sample", lambda: n / best_seconds(sample, device, args.repeats, 1))
+    if library == "torchnf":
+        floor = floor_step(model.module, len(x), mode, device)
+        attempt("floor", lambda: best_seconds(floor, device, args.repeats, args.calls))
+    return row
+
+
+def speed_table(args) -> None:
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"# {name}, torch {torch.__version__}, {args.threads} CPU thread(s); batch "
+        f"{args.batch_size}; {args.n_layers} layers, hidden {args.hidden_sizes}, "
+        f"{args.n_bins} bins; fused Adam; best of {args.repeats} rounds of {args.calls} steps; "
+        f"log_prob and sampling on {args.n_eval} points"
+    )
+    print(
+        "| model | D | library | mode | train ms/step | train steps/s | peak MiB | "
+        "log_prob samples/s | sampling samples/s | floor ms/step | step / floor |"
+    )
+    print("|" + "---|" * 11)
+    libraries = available(args.libraries)
+    for kind in args.models:
+        for dim in args.dims:
+            x = correlated_gaussian(args.batch_size, dim, args.seed).to(device)
+            steps: dict[tuple[str, str], float] = {}
+            for library in libraries:
+                for mode in args.modes:
+                    if mode == "reduce-overhead" and device.type != "cuda":
+                        continue  # CUDA graphs exist only on a GPU; elsewhere it is "default"
+                    row = measure_speed(library, kind, x, mode, args)
+                    steps[library, mode] = row["step"]
+                    cells = [
+                        cell(1e3 * row["step"], ".2f"),
+                        cell(1 / row["step"], ",.1f"),
+                        cell(row["peak"], ",.0f"),
+                        cell(row["log_prob"], ",.0f"),
+                        cell(row["sample"], ",.0f"),
+                        cell(1e3 * row["floor"], ".2f"),
+                        cell(row["step"] / row["floor"], ".2f"),
+                    ]
+                    print(f"| {kind} | {dim} | {library} | {mode} | {' | '.join(cells)} |")
+            summarize(kind, dim, steps)
+
+
+def cell(value: float, spec: str) -> str:
+    """A table cell: the value formatted, or "-" where it was not measured."""
+    return "-" if math.isnan(value) else format(value, spec)
+
+
+def summarize(kind: str, dim: int, steps: dict[tuple[str, str], float]) -> None:
+    """torchnf's speed-up over the fastest peer: its best mode against the peers' best mode,
+    and eager against eager."""
+    ours = {mode: t for (lib, mode), t in steps.items() if lib == "torchnf" and t == t}
+    peers = {key: t for key, t in steps.items() if key[0] != "torchnf" and t == t}
+    if not ours or not peers:
+        return
+    best_mode = min(ours, key=ours.get)
+    best_peer = min(peers, key=peers.get)
+    text = (
+        f"# {kind} D={dim}: torchnf {best_mode} is {peers[best_peer] / ours[best_mode]:.2f}x "
+        f"the fastest peer ({best_peer[0]} {best_peer[1]})"
+    )
+    eager_peers = [t for (_, mode), t in peers.items() if mode == "eager"]
+    if "eager" in ours and eager_peers:
+        text += f"; eager against eager: {min(eager_peers) / ours['eager']:.2f}x"
+    print(text, flush=True)
+
+
+def sizes_of(args) -> Sizes:
+    return Sizes(args.n_layers, tuple(args.hidden_sizes), args.n_bins, args.tail_bound)
 
 
 def available(libraries: list[str]) -> list[str]:
@@ -246,7 +429,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=["RealNVP", "MAF", "NSF"])
     p.add_argument("--libraries", nargs="+", default=list(BUILDERS))
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default 256 (KL table), 4096 (--speed)"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n-layers", type=int, default=5)
     p.add_argument("--hidden-sizes", type=int, nargs="+", default=[64, 64])
@@ -257,9 +442,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--speed", action="store_true", help="the speed table only (no training)")
+    p.add_argument("--dims", type=int, nargs="+", default=[16, 64], help="--speed: dimensions")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager"],
+        choices=["eager", "default", "reduce-overhead", "max-autotune"],
+        help="--speed: eager and/or torch.compile modes (reduce-overhead: CUDA graphs)",
+    )
+    p.add_argument("--calls", type=int, default=10, help="--speed: steps per timed round")
+    p.add_argument(
+        "--compile-sampling", action="store_true", help="--speed: sample in compiled modes too"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sizes = Sizes(args.n_layers, tuple(args.hidden_sizes), args.n_bins, args.tail_bound)
+    if args.speed:
+        args.batch_size = args.batch_size or 4096
+        speed_table(args)
+        return
+    args.batch_size = args.batch_size or 256
+    sizes = sizes_of(args)
     libraries = available(args.libraries)
     print(
         f"# torch {torch.__version__}, {args.threads} thread(s); Adam lr={args.lr}, "
@@ -283,8 +487,8 @@ def main(argv: list[str] | None = None) -> None:
             for library in libraries:
                 models[library], rate = train(library, kind, target.dim, train_set, sizes, args)
                 params = sum(p.numel() for p in models[library].module.parameters())
-                rows[library] = (*kl(models[library], test, test_log_p), rate, params)
-            speed = throughputs(models, test, args.repeats)
+                rows[library] = (*kl(models[library], test, test_log_p, args.device), rate, params)
+            speed = throughputs(models, test.to(args.device), args.repeats, args.device)
             for library, (mean, se, nonfinite, rate, params) in rows.items():
                 text = f"{mean:.4f}" + (f" ({nonfinite} non-finite)" if nonfinite else "")
                 logp, sample = speed[library]
