@@ -157,14 +157,3 @@ def test_fit_reports_divergence(moons):
             p.fill_(float("nan"))
     with pytest.raises(ValueError, match="training diverged at step 1"):
         torchnf.fit(flow, moons, steps=1, progress=False)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fit_on_cuda_matches_cpu(moons):
-    options = dict(steps=50, lr=3e-3, progress=False, log_every=25, seed=0)
-    cpu, cuda = small_flow().double(), small_flow().double()
-    torchnf.fit(cpu, moons.double(), **options)
-    history = torchnf.fit(cuda, moons.double(), device="cuda", **options)
-    assert next(cuda.parameters()).is_cuda and np.isfinite(history["val_nll"][-1])
-    for (name, a), b in zip(cpu.state_dict().items(), cuda.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b.cpu(), rtol=1e-6, atol=1e-8, msg=name)
