@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 7's GPU measurements in one command, on a machine with CUDA (e.g. the `device` tool's
+# H100): the CUDA tests (CUDA equals CPU, no host sync per step, CUDA-graph training equals
+# eager, low-precision conditioners), then `compare.py --speed --device cuda` in eager and
+# compiled modes (with CUDA graphs), against the peers that are importable.
+#
+# The peers are pure-Python packages. A machine that reaches no registry gets them as wheels
+# built here and carried along (the `device` tool's `carry`, with .whl ignored by git):
+#
+#     python3 -m pip wheel --no-deps -w .whl zuko==1.6.0 nflows==0.14 normflows==1.7.3
+#
+# Results (device, test log, speed table) go to ${OUT:-gpu-results}/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu-results}"
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/peers .whl/*.whl
+  export PYTHONPATH="/tmp/peers${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD/src:$PYTHONPATH" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
+python3 -m pytest tests/test_cuda.py tests/test_precision.py -q -p no:cacheprovider 2>&1 |
+  tee "$out/tests.txt"
+python3 benchmarks/compare.py --speed --device cuda --modes eager default reduce-overhead \
+  "$@" 2>&1 | tee "$out/speed.md"
