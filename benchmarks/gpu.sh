@@ -2,7 +2,8 @@
 # Issue 7's GPU measurements in one command, on a machine with CUDA (e.g. the `device` tool's
 # H100): the CUDA tests (CUDA equals CPU, no host sync per step, CUDA-graph training equals
 # eager, low-precision conditioners), then `compare.py --speed --device cuda` in eager and
-# compiled modes (with CUDA graphs), against the peers that are importable.
+# compiled modes (with CUDA graphs), against the peers that are importable. Also the main
+# job (`torchnf train`) with CUDA graphs, and a torchrun run (NCCL when it has 2+ GPUs).
 #
 # The peers are pure-Python packages. A machine that reaches no registry gets them as wheels
 # built here and carried along (the `device` tool's `carry`, with .whl ignored by git):
@@ -23,5 +24,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
 python3 -m pytest tests/test_cuda.py tests/test_precision.py -q -p no:cacheprovider 2>&1 |
   tee "$out/tests.txt"
+# The main job on the GPU in its fastest mode, and DDP over NCCL (one process per GPU).
+python3 -m torchnf train --device cuda --compile reduce-overhead --out "$out/runs" --no-plots \
+  2>&1 | tail -n 3 | tee "$out/train.txt"
+python3 -m torch.distributed.run --nproc_per_node="$(nvidia-smi -L | wc -l)" -m torchnf train \
+  --device cuda --steps 200 --out "$out/runs" --name ddp --no-plots 2>&1 | tail -n 3 |
+  tee -a "$out/train.txt"
 python3 benchmarks/compare.py --speed --device cuda --modes eager default reduce-overhead \
   "$@" 2>&1 | tee "$out/speed.md"
