@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from torchnf.nets.precision import ConditionerNet
+
 
 class ResidualBlock(nn.Module):
     r"""``h + conv_3x3(relu(conv_3x3(relu(h))))`` at constant width and spatial size.
@@ -26,14 +28,16 @@ class ResidualBlock(nn.Module):
         return h + self.net(h)
 
 
-class ConvNet(nn.Module):
+class ConvNet(ConditionerNet):
     r"""A small ResNet mapping ``(*batch, C_in, H, W)`` to ``(*batch, C_out, H, W)``.
 
     ``conv_3x3 -> n_blocks residual blocks -> relu -> conv_3x3``; the last convolution is
     zero-initialized so a coupling built on it starts as the identity (Glow's ``Conv2dZeros``).
     The context ``(*batch, context_size)``, if any, is broadcast over the pixels and
     concatenated to the input channels. Padding keeps the spatial size; there is no batch
-    normalization, so each image's output depends only on that image.
+    normalization, so each image's output depends only on that image. The convolutions run
+    in ``compute_dtype`` when set (see :mod:`torchnf.nets.precision`); the output has the
+    input's dtype.
 
     Arguments:
         in_channels: input channels ``C_in``.
@@ -85,5 +89,5 @@ class ConvNet(nn.Module):
         if self.context_size:
             c = context.reshape(-1, self.context_size, 1, 1).expand(-1, -1, *event[1:])
             h = torch.cat([h, c.to(h.dtype)], dim=1)
-        out = self.net(h)
+        out = self._in_compute_dtype(self.net, h)
         return out.reshape(*batch, self.out_channels, *event[1:])

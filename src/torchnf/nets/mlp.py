@@ -7,12 +7,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from torchnf.nets.precision import ConditionerNet
 
-class MLP(nn.Module):
+
+class MLP(ConditionerNet):
     r"""Conditioner network ``params = g([x, c])``: a ReLU MLP over the input and the context.
 
     The last layer is zero-initialized, so every transformer it drives starts as the
-    identity map.
+    identity map. Its layers run in ``compute_dtype`` when set (see
+    :mod:`torchnf.nets.precision`); the output has the input's dtype.
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``,
     the output is ``(*batch, output_size)``.
@@ -58,4 +61,4 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.context_size:
             x = torch.cat([x, context], dim=-1)
-        return self.net(x)
+        return self._in_compute_dtype(self.net, x)
