@@ -67,22 +67,45 @@ class Coupling(Bijector):
         self.register_buffer("mask", mask)
         self.register_buffer("kept", torch.nonzero(mask).squeeze(-1))
         self.register_buffer("transformed", torch.nonzero(~mask).squeeze(-1))
+        # An alternating mask of even length splits x into two strided views (and merges
+        # with one stack), which saves the gathers, scatters and zero-filled gradients of
+        # index_select/index_copy: about a quarter of a RealNVP training step at D = 64.
+        self.parity = next(
+            (
+                p
+                for p in (0, 1)
+                if len(mask) % 2 == 0 and torch.equal(mask, checkerboard_mask(len(mask), p))
+            ),
+            None,
+        )
 
-    def _params(self, x: Tensor, context: Tensor | None) -> Tensor:
-        params = self.conditioner(x.index_select(-1, self.kept), context)
-        return params.unflatten(-1, (len(self.transformed), self.transformer.params_per_feature))
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The kept and the transformed features of ``x``."""
+        if self.parity is None:
+            return x.index_select(-1, self.kept), x.index_select(-1, self.transformed)
+        pairs = x.unflatten(-1, (-1, 2)).unbind(-1)
+        return pairs[self.parity], pairs[1 - self.parity]
+
+    def _merge(self, x: Tensor, kept: Tensor, out: Tensor) -> Tensor:
+        """``x`` with its transformed features replaced by ``out``."""
+        if self.parity is None:
+            return x.index_copy(-1, self.transformed, out)
+        pairs = (kept, out) if self.parity == 0 else (out, kept)
+        return torch.stack(pairs, -1).flatten(-2)
+
+    def _transform(self, method, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        kept, transformed = self._split(x)
+        params = self.conditioner(kept, context).unflatten(
+            -1, (len(self.transformed), self.transformer.params_per_feature)
+        )
+        out, log_det = method(transformed, params)
+        return self._merge(x, kept, out), log_det.sum(-1)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        out, log_det = self.transformer(
-            x.index_select(-1, self.transformed), self._params(x, context)
-        )
-        return x.index_copy(-1, self.transformed, out), log_det.sum(-1)
+        return self._transform(self.transformer.forward, x, context)
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        out, log_det = self.transformer.inverse(
-            y.index_select(-1, self.transformed), self._params(y, context)
-        )
-        return y.index_copy(-1, self.transformed, out), log_det.sum(-1)
+        return self._transform(self.transformer.inverse, y, context)
 
 
 def _mlp_coupling_args(

@@ -46,7 +46,9 @@ class AffineTransformer(Transformer):
         self.scale_bound = scale_bound
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        return params[..., 0], soft_clamp(params[..., 1], self.scale_bound)
+        # unbind: its backward is one stack, where two selects would each fill a zero tensor.
+        shift, log_scale = params.unbind(-1)
+        return shift, soft_clamp(log_scale, self.scale_bound)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return affine_forward(x, *self._split(params))
