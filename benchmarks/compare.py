@@ -18,9 +18,11 @@ of ``--dims`` (the issue-7 setting: batch 4096, D = 16 and 64): per model, libra
 ``--modes`` (``eager``, and the :func:`torch.compile` modes ``default``, ``reduce-overhead``
 (CUDA graphs on a GPU), ``max-autotune``), the training step (``-log_prob(x).mean()``,
 ``backward``, one Adam step with the same optimizer settings for every library) in ms and
-steps/s, its peak memory on a GPU, ``log_prob`` and sampling samples/s, and for torchnf the
-*floor*: the same step run on its bare conditioner networks alone (every MLP/MADE of the flow,
-fed random inputs of their sizes), in the same mode, and torchnf's step time over it.
+steps/s, its count of computing ATen operators in eager mode (each one a kernel launch on a
+GPU, where launch overhead bounds small flows), its peak memory on a GPU, ``log_prob`` and
+sampling samples/s, and for torchnf the *floor*: the same step run on its bare conditioner
+networks alone (every MLP/MADE of the flow, fed random inputs of their sizes), in the same
+mode, and torchnf's step time over it.
 
 Peers need the ``bench`` extra (``pip install zuko nflows normflows``); a library that is not
 installed is skipped. Not run in CI. ``--device cuda`` runs everything on a GPU. Examples (the
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchnf.data import get_target
 from torchnf.nets import MLP, ConvNet
@@ -313,6 +316,28 @@ def floor_step(flow: nn.Module, batch_size: int, mode: str, device: torch.device
     )
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators that compute (views excluded): in eager mode, each is one
+    kernel launch on a GPU, whose launch overhead bounds small flows there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func not in (torch.ops.aten.detach.default,):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(step: Callable[[], None]) -> float:
+    """The number of computing ATen operators in one eager call of ``step``."""
+    step()  # lazy state (optimizer moments) first
+    with OpCounter() as counter:
+        step()
+    return counter.count
+
+
 def measure_speed(library: str, kind: str, x: Tensor, mode: str, args) -> dict[str, float]:
     """The row of one library, model and mode (NaN where a measurement failed)."""
     device = x.device
@@ -321,7 +346,7 @@ def measure_speed(library: str, kind: str, x: Tensor, mode: str, args) -> dict[s
     model.module.to(device)
     model.prepare(x)
     model.module.train()
-    row = dict.fromkeys(("step", "peak", "log_prob", "sample", "floor"), math.nan)
+    row = dict.fromkeys(("step", "ops", "peak", "log_prob", "sample", "floor"), math.nan)
 
     def attempt(key: str, f: Callable[[], float]) -> None:
         try:
@@ -333,6 +358,8 @@ def measure_speed(library: str, kind: str, x: Tensor, mode: str, args) -> dict[s
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     attempt("step", lambda: best_seconds(step, device, args.repeats, args.calls))
+    if mode == "eager":
+        attempt("ops", lambda: ops_per_step(step))
     if device.type == "cuda":
         row["peak"] = torch.cuda.max_memory_allocated(device) / 2**20
     model.module.eval()
@@ -361,10 +388,10 @@ def speed_table(args) -> None:
         f"log_prob and sampling on {args.n_eval} points"
     )
     print(
-        "| model | D | library | mode | train ms/step | train steps/s | peak MiB | "
+        "| model | D | library | mode | train ms/step | train steps/s | ops/step | peak MiB | "
         "log_prob samples/s | sampling samples/s | floor ms/step | step / floor |"
     )
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 12)
     libraries = available(args.libraries)
     for kind in args.models:
         for dim in args.dims:
@@ -379,6 +406,7 @@ def speed_table(args) -> None:
                     cells = [
                         cell(1e3 * row["step"], ".2f"),
                         cell(1 / row["step"], ",.1f"),
+                        cell(row["ops"], ".0f"),
                         cell(row["peak"], ",.0f"),
                         cell(row["log_prob"], ",.0f"),
                         cell(row["sample"], ",.0f"),
