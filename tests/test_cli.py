@@ -64,6 +64,13 @@ def test_train_on_a_csv_file(tmp_path):
     assert not (run / "density.png").exists()
 
 
+def test_train_with_bfloat16_conditioners(tmp_path):
+    argv = ["train", "--data", "moons", "--model", "MAF", "--out", str(tmp_path), "--no-plots"]
+    assert cli.main(argv + ["--conditioner-dtype", "bfloat16"] + SMALL) == 0
+    flow = torchnf.load(tmp_path / "moons-maf")
+    assert all(getattr(m, "compute_dtype", None) is None for m in flow.modules())
+
+
 def test_help_runs_as_a_module():
     result = subprocess.run(
         [sys.executable, "-m", "torchnf", "--help"], capture_output=True, text=True, timeout=120

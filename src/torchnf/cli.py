@@ -156,6 +156,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "'default'); 'reduce-overhead' also replays it as CUDA graphs on a GPU, the fastest "
         "training mode there",
     )
+    p.add_argument(
+        "--conditioner-dtype",
+        choices=["bfloat16", "float16"],
+        default=None,
+        help="train with the conditioner networks in this precision (the flow stays exact; "
+        "faster on GPU tensor cores)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=train_command)
 
@@ -213,6 +220,9 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         resume=args.resume,
         device=device,
         compile=args.compile,
+        conditioner_dtype=getattr(torch, args.conditioner_dtype)
+        if args.conditioner_dtype
+        else None,
         metadata={
             "data": data_name,
             "input_size": data.shape[1:].numel(),
