@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchnf.data import get_target
-from torchnf.nets import MLP, ConvNet
+from torchnf.nets import MLP, ConvNet, set_conditioner_precision
 from torchnf.nets.made import MADE
 
 
@@ -346,6 +346,8 @@ def measure_speed(library: str, kind: str, x: Tensor, mode: str, args) -> dict[s
     model.module.to(device)
     model.prepare(x)
     model.module.train()
+    if library == "torchnf" and args.conditioner_dtype:
+        set_conditioner_precision(model.module, getattr(torch, args.conditioner_dtype))
     row = dict.fromkeys(("step", "ops", "peak", "log_prob", "sample", "floor"), math.nan)
 
     def attempt(key: str, f: Callable[[], float]) -> None:
@@ -413,7 +415,10 @@ def speed_table(args) -> None:
                         cell(1e3 * row["floor"], ".2f"),
                         cell(row["step"] / row["floor"], ".2f"),
                     ]
-                    print(f"| {kind} | {dim} | {library} | {mode} | {' | '.join(cells)} |")
+                    label = mode
+                    if library == "torchnf" and args.conditioner_dtype:
+                        label += f", {args.conditioner_dtype} conditioners"
+                    print(f"| {kind} | {dim} | {library} | {label} | {' | '.join(cells)} |")
             summarize(kind, dim, steps)
 
 
@@ -479,6 +484,11 @@ def main(argv: list[str] | None = None) -> None:
         default=["eager"],
         choices=["eager", "default", "reduce-overhead", "max-autotune"],
         help="--speed: eager and/or torch.compile modes (reduce-overhead: CUDA graphs)",
+    )
+    p.add_argument(
+        "--conditioner-dtype",
+        choices=["bfloat16", "float16"],
+        help="--speed: run torchnf's conditioner networks (and its floor) in this precision",
     )
     p.add_argument("--calls", type=int, default=10, help="--speed: steps per timed round")
     p.add_argument(

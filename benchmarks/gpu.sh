@@ -32,3 +32,6 @@ python3 -m torch.distributed.run --nproc_per_node="$(nvidia-smi -L | wc -l)" -m 
   tee -a "$out/train.txt"
 python3 benchmarks/compare.py --speed --device cuda --modes eager default reduce-overhead \
   "$@" 2>&1 | tee "$out/speed.md"
+# torchnf with bfloat16 conditioners (mixed precision where the flow stays exact).
+python3 benchmarks/compare.py --speed --device cuda --modes eager reduce-overhead \
+  --libraries torchnf --conditioner-dtype bfloat16 "$@" 2>&1 | tee -a "$out/speed.md"
