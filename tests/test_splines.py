@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from torchnf.functional import splines
 from torchnf.functional.splines import rqs_forward, rqs_inverse, rqs_knots
 from torchnf.layers import RQSTransformer
 
@@ -276,3 +277,66 @@ def test_mismatched_parameter_shapes_are_refused(shapes) -> None:
 def test_too_large_minimum_bin_width_is_refused() -> None:
     with pytest.raises(ValueError, match="min_bin_width"):
         rqs_knots(torch.zeros(4), torch.zeros(4), torch.zeros(3), 1.0, min_bin_width=0.3)
+
+
+# -- the hand-derived backward of the bin maps against autograd of the plain formulas
+
+BIN_MAPS = {
+    "forward": (rqs_forward, splines._in_bin_forward),
+    "inverse": (rqs_inverse, splines._in_bin_inverse),
+}
+
+
+def _spline_inputs(seed: int, requires_grad: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    params = torch.randn(5, 3, 3 * 6 - 1, generator=g, dtype=torch.float64)
+    x = 2.5 * torch.randn(5, 3, generator=g, dtype=torch.float64)  # about a third outside
+    return x.requires_grad_(requires_grad), params.requires_grad_(requires_grad)
+
+
+def _apply(spline, x: torch.Tensor, params: torch.Tensor):
+    return spline(x, *rqs_knots(*params.split([6, 6, 5], -1), 2.0))
+
+
+@pytest.mark.parametrize("direction", list(BIN_MAPS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_analytic_gradients_equal_autograd_of_the_formulas(direction: str, seed: int) -> None:
+    spline, plain = BIN_MAPS[direction]
+    x, params = _spline_inputs(seed)
+    knots = rqs_knots(*params.split([6, 6, 5], -1), 2.0)
+    xb, *knots_b = splines._broadcast(x, *knots)
+    source = knots_b[0] if direction == "forward" else knots_b[1]
+    clamped, inside, *bin_ = splines._bin(xb, source, *knots_b)
+    expected = plain(xb, clamped, inside, *bin_)
+    actual = spline(x, *knots)
+    g = torch.Generator().manual_seed(seed + 10)
+    weights = [torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+    grads = [
+        torch.autograd.grad(
+            sum((w * o).sum() for w, o in zip(weights, out, strict=True)),
+            [x, params],
+            retain_graph=True,  # the knots are shared
+        )
+        for out in (expected, actual)
+    ]
+    for e, a in zip(expected, actual, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    for e, a in zip(*grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("direction", list(BIN_MAPS))
+def test_analytic_gradients_pass_gradcheck_and_gradgradcheck(direction: str) -> None:
+    spline = BIN_MAPS[direction][0]
+    inputs = _spline_inputs(3)
+    assert torch.autograd.gradcheck(lambda x, p: _apply(spline, x, p), inputs)
+    assert torch.autograd.gradgradcheck(lambda x, p: _apply(spline, x, p), inputs)
+
+
+@pytest.mark.parametrize("direction", list(BIN_MAPS))
+def test_vectorized_jacobian_equals_the_sequential_one(direction: str) -> None:
+    spline = BIN_MAPS[direction][0]
+    x, params = _spline_inputs(4, requires_grad=False)
+    f = lambda v: _apply(spline, v, params)[0]  # noqa: E731
+    jacobian = torch.autograd.functional.jacobian
+    torch.testing.assert_close(jacobian(f, x, vectorize=True), jacobian(f, x), rtol=0, atol=0)

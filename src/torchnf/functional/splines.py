@@ -22,6 +22,12 @@ The inverse solves the per-bin quadratic :math:`a\theta^2 + b\theta + c = 0` for
 :math:`b \ge 0`, :math:`\theta = (\sqrt{b^2 - 4ac} - b) / (2a)` otherwise, with the
 discriminant clamped at zero.
 
+In eager mode the gradients of the per-bin maps are hand-derived (the inverse's by the
+implicit function theorem, from the forward's partials) instead of recorded op by op: fewer
+kernels and passes over memory (the spline's forward and backward about 1.3x faster on a CPU,
+an NSF training step about 7% faster), still differentiable twice and vmap-able. Under
+:func:`torch.compile` autograd's own derivative is traced and fused.
+
 References:
     Durkan, Bekasov, Murray, Papamakarios, "Neural Spline Flows", 2019, arXiv:1906.04032.
 """
@@ -171,12 +177,10 @@ def rqs_forward(
         (tensor([-3.0000,  0.3000,  3.0000]), True)
     """
     x, knots_x, knots_y, derivatives = _broadcast(x, knots_x, knots_y, derivatives)
-    xc, inside, x_k, w, y_k, h, d_k, d_k1 = _bin(x, knots_x, knots_x, knots_y, derivatives)
-    theta = ((xc - x_k) / w).clamp(0, 1)
-    s = h / w
-    denominator, log_det = _log_slope(theta, s, d_k, d_k1)
-    y = y_k + h * (s * theta.square() + d_k * theta * (1 - theta)) / denominator
-    return torch.where(inside, y, x), torch.where(inside, log_det, torch.zeros_like(log_det))
+    xc, inside, *bin_ = _bin(x, knots_x, knots_x, knots_y, derivatives)
+    if torch.compiler.is_compiling():  # inductor fuses autograd's backward itself
+        return _in_bin_forward(x, xc, inside, *bin_)
+    return _BinForward.apply(x, xc, inside, *bin_)
 
 
 def rqs_inverse(
@@ -200,7 +204,43 @@ def rqs_inverse(
         (True, True)
     """
     y, knots_x, knots_y, derivatives = _broadcast(y, knots_x, knots_y, derivatives)
-    yc, inside, x_k, w, y_k, h, d_k, d_k1 = _bin(y, knots_y, knots_x, knots_y, derivatives)
+    yc, inside, *bin_ = _bin(y, knots_y, knots_x, knots_y, derivatives)
+    if torch.compiler.is_compiling():
+        return _in_bin_inverse(y, yc, inside, *bin_)
+    return _BinInverse.apply(y, yc, inside, *bin_)
+
+
+def _in_bin_forward(
+    x: Tensor,
+    xc: Tensor,
+    inside: Tensor,
+    x_k: Tensor,
+    w: Tensor,
+    y_k: Tensor,
+    h: Tensor,
+    d_k: Tensor,
+    d_k1: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The spline at ``x`` (clamped: ``xc``) on its bin, the identity outside."""
+    theta = ((xc - x_k) / w).clamp(0, 1)
+    s = h / w
+    denominator, log_det = _log_slope(theta, s, d_k, d_k1)
+    y = y_k + h * (s * theta.square() + d_k * theta * (1 - theta)) / denominator
+    return torch.where(inside, y, x), torch.where(inside, log_det, torch.zeros_like(log_det))
+
+
+def _in_bin_inverse(
+    y: Tensor,
+    yc: Tensor,
+    inside: Tensor,
+    x_k: Tensor,
+    w: Tensor,
+    y_k: Tensor,
+    h: Tensor,
+    d_k: Tensor,
+    d_k1: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The inverse at ``y`` (clamped: ``yc``) on its bin, the identity outside."""
     s = h / w
     dy = yc - y_k
     slope_sum = d_k + d_k1 - 2 * s
@@ -221,3 +261,109 @@ def rqs_inverse(
     _, log_det = _log_slope(theta, s, d_k, d_k1)
     x = x_k + theta * w
     return torch.where(inside, x, y), torch.where(inside, -log_det, torch.zeros_like(log_det))
+
+
+def _partials(theta: Tensor, s: Tensor, h: Tensor, d_k: Tensor, d_k1: Tensor) -> tuple[Tensor, ...]:
+    r"""Partial derivatives of a bin's map at ``theta``, for the analytic gradients.
+
+    With :math:`t = \theta`, :math:`t_1 = t(1-t)`, :math:`D = s + (d_k + d_{k+1} - 2s)t_1`,
+    :math:`Q = d_{k+1}t^2 + 2st_1 + d_k(1-t)^2`, :math:`r = h(st^2 + d_k t_1)/D = y - y_k` and
+    :math:`L = \log(s^2 Q) - 2\log D` (the log-slope), returns
+    ``(r, y_t, y_s, y_h, y_dk, y_dk1, L_t, L_s, L_dk, L_dk1)``: the partials of ``y`` and of
+    ``L`` with respect to ``t``, ``s``, ``h`` (with ``s`` held fixed), :math:`d_k` and
+    :math:`d_{k+1}`.
+    """
+    t1 = theta * (1 - theta)
+    u = 1 - theta
+    slope_sum = d_k + d_k1 - 2 * s
+    denominator = s + slope_sum * t1
+    q = d_k1 * theta.square() + 2 * s * t1 + d_k * u.square()
+    inv_d, inv_q = 1 / denominator, 1 / q
+    shape = s * theta.square() + d_k * t1  # r = h * shape / D
+    r = h * shape * inv_d
+    one_minus_2t = 1 - 2 * theta
+    one_minus_2t1 = 1 - 2 * t1
+    y_t = h * s * q * inv_d.square()
+    y_s = (h * theta.square() - r * one_minus_2t1) * inv_d
+    y_h = shape * inv_d
+    y_dk = (h - r) * t1 * inv_d
+    y_dk1 = -r * t1 * inv_d
+    two_t1_d = 2 * t1 * inv_d
+    l_t = (
+        2 * (d_k1 * theta + s * one_minus_2t - d_k * u) * inv_q
+        - 2 * slope_sum * one_minus_2t * inv_d
+    )
+    l_s = 2 / s + 2 * t1 * inv_q - 2 * one_minus_2t1 * inv_d
+    l_dk = u.square() * inv_q - two_t1_d
+    l_dk1 = theta.square() * inv_q - two_t1_d
+    return r, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1
+
+
+class _BinForward(torch.autograd.Function):
+    """:func:`_in_bin_forward` with a hand-derived backward: about a third of the kernels of
+    autograd's (its chain of elementwise steps, each with its own backward); differentiable
+    again, and vmap-able (``check``'s batched Jacobians)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, xc, inside, x_k, w, y_k, h, d_k, d_k1):
+        return _in_bin_forward(x, xc, inside, x_k, w, y_k, h, d_k, d_k1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, xc, inside, x_k, w, y_k, h, d_k, d_k1 = inputs
+        ctx.save_for_backward(xc, inside, x_k, w, h, d_k, d_k1)
+        ctx.set_materialize_grads(True)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_log_det):
+        xc, inside, x_k, w, h, d_k, d_k1 = ctx.saved_tensors
+        theta = ((xc - x_k) / w).clamp(0, 1)
+        s = h / w
+        _, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1 = _partials(theta, s, h, d_k, d_k1)
+        gy = grad_y * inside
+        gl = grad_log_det * inside
+        a_t = (gy * y_t + gl * l_t) / w  # d/d theta, over w: the derivative in x
+        a_s = (gy * y_s + gl * l_s) / w  # d/d s, over w: the derivative in h through s
+        grad_x = torch.where(inside, a_t, grad_y)
+        grad_w = -(a_t * theta + a_s * s)
+        grad_h = gy * y_h + a_s
+        grad_dk = gy * y_dk + gl * l_dk
+        grad_dk1 = gy * y_dk1 + gl * l_dk1
+        return grad_x, None, None, -a_t, grad_w, gy, grad_h, grad_dk, grad_dk1
+
+
+class _BinInverse(torch.autograd.Function):
+    r""":func:`_in_bin_inverse` with its backward by the implicit function theorem: at the
+    solution :math:`\theta` of :math:`y = F(\theta, p)`,
+    :math:`d\theta = (dy - F_p\,dp) / F_\theta`, with the forward's partials."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(y, yc, inside, x_k, w, y_k, h, d_k, d_k1):
+        return _in_bin_inverse(y, yc, inside, x_k, w, y_k, h, d_k, d_k1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, yc, inside, x_k, w, y_k, h, d_k, d_k1 = inputs
+        ctx.save_for_backward(output[0], inside, x_k, w, h, d_k, d_k1)
+        ctx.set_materialize_grads(True)
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_log_det):
+        x, inside, x_k, w, h, d_k, d_k1 = ctx.saved_tensors
+        theta = ((x - x_k) / w).clamp(0, 1)
+        s = h / w
+        _, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1 = _partials(theta, s, h, d_k, d_k1)
+        gx = grad_x * inside
+        gl = grad_log_det * inside  # of -L
+        c = (gx * w - gl * l_t) / y_t  # the gradient in y, through theta
+        b_s = (c * y_s + gl * l_s) / w  # through s = h / w
+        grad_y = torch.where(inside, c, grad_x)
+        grad_w = gx * theta + b_s * s
+        grad_h = -c * y_h - b_s
+        grad_dk = -c * y_dk - gl * l_dk
+        grad_dk1 = -c * y_dk1 - gl * l_dk1
+        return grad_y, None, None, gx, grad_w, -c, grad_h, grad_dk, grad_dk1
