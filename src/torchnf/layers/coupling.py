@@ -69,7 +69,10 @@ class Coupling(Bijector):
         self.register_buffer("transformed", torch.nonzero(~mask).squeeze(-1))
         # An alternating mask of even length splits x into two strided views (and merges
         # with one stack), which saves the gathers, scatters and zero-filled gradients of
-        # index_select/index_copy: about a quarter of a RealNVP training step at D = 64.
+        # index_select/index_copy in eager mode: a RealNVP training step at D = 64 and batch
+        # 4096 goes from 262 to 237 kernels and 135 to 107 MB written, about 6% faster on a
+        # CPU. Under torch.compile the gathers fuse into their consumers; there the strided
+        # form made inductor's CPU code of that step 1.35x slower (42 against 31 ms).
         self.parity = next(
             (
                 p
@@ -81,14 +84,14 @@ class Coupling(Bijector):
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The kept and the transformed features of ``x``."""
-        if self.parity is None:
+        if self.parity is None or torch.compiler.is_compiling():
             return x.index_select(-1, self.kept), x.index_select(-1, self.transformed)
         pairs = x.unflatten(-1, (-1, 2)).unbind(-1)
         return pairs[self.parity], pairs[1 - self.parity]
 
     def _merge(self, x: Tensor, kept: Tensor, out: Tensor) -> Tensor:
         """``x`` with its transformed features replaced by ``out``."""
-        if self.parity is None:
+        if self.parity is None or torch.compiler.is_compiling():
             return x.index_copy(-1, self.transformed, out)
         pairs = (kept, out) if self.parity == 0 else (out, kept)
         return torch.stack(pairs, -1).flatten(-2)
