@@ -341,6 +341,9 @@ def ops_per_step(step: Callable[[], None]) -> float:
 def measure_speed(library: str, kind: str, x: Tensor, mode: str, args) -> dict[str, float]:
     """The row of one library, model and mode (NaN where a measurement failed)."""
     device = x.device
+    # Fresh compile caches: the step closures share their code between models, and dynamo
+    # would otherwise stop compiling (and run eager) past its recompile limit.
+    torch.compiler.reset()
     torch.manual_seed(args.seed)
     model = BUILDERS[library](kind, x.shape[-1], sizes_of(args))
     model.module.to(device)
