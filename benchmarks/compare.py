@@ -273,20 +273,14 @@ def uses_graphs(mode: str, device: torch.device) -> bool:
     return mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
 
 
-def best_seconds(f: Callable[[], object], device: torch.device, rounds: int, calls: int) -> float:
-    """Best mean seconds per call of ``f`` over ``rounds`` rounds of ``calls`` calls, after
-    three warm-up calls (which include compilation)."""
-    for _ in range(3):
+def seconds_per_call(f: Callable[[], object], device: torch.device, calls: int) -> float:
+    """Mean seconds per call of ``f`` over ``calls`` calls, the device's queue drained."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
         f()
-    best = math.inf
-    for _ in range(rounds):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            f()
-        synchronize(device)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
+    synchronize(device)
+    return (time.perf_counter() - start) / calls
 
 
 def training_step(module: nn.Module, loss: Callable[[], Tensor], mode: str, device) -> Callable:
@@ -338,48 +332,53 @@ def ops_per_step(step: Callable[[], None]) -> float:
     return counter.count
 
 
-def measure_speed(library: str, kind: str, x: Tensor, mode: str, args) -> dict[str, float]:
-    """The row of one library, model and mode (NaN where a measurement failed)."""
-    device = x.device
-    # Fresh compile caches: the step closures share their code between models, and dynamo
-    # would otherwise stop compiling (and run eager) past its recompile limit.
-    torch.compiler.reset()
+@dataclass
+class SpeedRow:
+    """One library's model in one mode: what is timed, and the best times so far."""
+
+    library: str
+    mode: str
+    timed: dict[str, Callable[[], object]]  # "step", "floor", "log_prob", "sample"
+    best: dict[str, float]
+    ops: float = math.nan
+    peak: float = math.nan
+
+
+def speed_row(library: str, kind: str, x: Tensor, mode: str, args) -> SpeedRow:
+    """Build one row's model and its timed calls, warm them up (compiling them in a compiled
+    mode), count the eager step's kernels and the step's peak GPU memory. A call that fails
+    (a peer that cannot compile) is reported and left out."""
+    device, n = x.device, args.n_eval
     torch.manual_seed(args.seed)
     model = BUILDERS[library](kind, x.shape[-1], sizes_of(args))
     model.module.to(device)
     model.prepare(x)
-    model.module.train()
     if library == "torchnf" and args.conditioner_dtype:
         set_conditioner_precision(model.module, getattr(torch, args.conditioner_dtype))
-    row = dict.fromkeys(("step", "ops", "peak", "log_prob", "sample", "floor"), math.nan)
-
-    def attempt(key: str, f: Callable[[], float]) -> None:
-        try:
-            row[key] = f()
-        except Exception as error:  # a peer that cannot compile: report it, keep going
-            print(f"# {library} {kind} D={x.shape[-1]} {mode} {key}: {error!r:.200}", flush=True)
-
-    step = training_step(model.module, lambda: -model.log_prob(x).mean(), mode, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    attempt("step", lambda: best_seconds(step, device, args.repeats, args.calls))
-    if mode == "eager":
-        attempt("ops", lambda: ops_per_step(step))
-    if device.type == "cuda":
-        row["peak"] = torch.cuda.max_memory_allocated(device) / 2**20
-    model.module.eval()
-    n = args.n_eval
     test = correlated_gaussian(n, x.shape[-1], args.seed + 1).to(device)
-    with torch.no_grad():
-        log_prob = in_mode(model.log_prob, mode)
-        timed_log_prob = lambda: best_seconds(lambda: log_prob(test), device, args.repeats, 1)  # noqa: E731
-        attempt("log_prob", lambda: n / timed_log_prob())
-        if mode == "eager" or args.compile_sampling:
-            sample = in_mode(lambda: model.sample(n), mode)
-            attempt("sample", lambda: n / best_seconds(sample, device, args.repeats, 1))
+    log_prob, sample = in_mode(model.log_prob, mode), in_mode(lambda: model.sample(n), mode)
+    timed = {"step": training_step(model.module, lambda: -model.log_prob(x).mean(), mode, device)}
     if library == "torchnf":
-        floor = floor_step(model.module, len(x), mode, device)
-        attempt("floor", lambda: best_seconds(floor, device, args.repeats, args.calls))
+        timed["floor"] = floor_step(model.module, len(x), mode, device)
+    timed["log_prob"] = torch.no_grad()(lambda: log_prob(test))
+    if mode == "eager" or args.compile_sampling:
+        timed["sample"] = torch.no_grad()(sample)
+    row = SpeedRow(library, mode, {}, {})
+    for key, f in timed.items():
+        try:
+            for _ in range(3 if key in ("step", "floor") else 1):
+                f()
+        except Exception as error:  # report it, keep going
+            print(f"# {library} {kind} D={x.shape[-1]} {mode} {key}: {error!r:.200}", flush=True)
+            continue
+        row.timed[key], row.best[key] = f, math.inf
+    if "step" in row.timed:
+        if mode == "eager":
+            row.ops = ops_per_step(row.timed["step"])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            row.timed["step"]()
+            row.peak = torch.cuda.max_memory_allocated(device) / 2**20
     return row
 
 
@@ -389,7 +388,8 @@ def speed_table(args) -> None:
     print(
         f"# {name}, torch {torch.__version__}, {args.threads} CPU thread(s); batch "
         f"{args.batch_size}; {args.n_layers} layers, hidden {args.hidden_sizes}, "
-        f"{args.n_bins} bins; fused Adam; best of {args.repeats} rounds of {args.calls} steps; "
+        f"{args.n_bins} bins; fused Adam; best of {args.repeats} interleaved rounds of "
+        f"{args.calls} steps; "
         f"log_prob and sampling on {args.n_eval} points"
     )
     print(
@@ -398,31 +398,46 @@ def speed_table(args) -> None:
     )
     print("|" + "---|" * 12)
     libraries = available(args.libraries)
+    modes = [m for m in args.modes if m != "reduce-overhead" or device.type == "cuda"]
     for kind in args.models:
         for dim in args.dims:
+            # Fresh compile caches: the rows' closures share their code, and past dynamo's
+            # recompile limit a compiled closure would run eager.
+            torch.compiler.reset()
             x = correlated_gaussian(args.batch_size, dim, args.seed).to(device)
-            steps: dict[tuple[str, str], float] = {}
-            for library in libraries:
-                for mode in args.modes:
-                    if mode == "reduce-overhead" and device.type != "cuda":
-                        continue  # CUDA graphs exist only on a GPU; elsewhere it is "default"
-                    row = measure_speed(library, kind, x, mode, args)
-                    steps[library, mode] = row["step"]
-                    cells = [
-                        cell(1e3 * row["step"], ".2f"),
-                        cell(1 / row["step"], ",.1f"),
-                        cell(row["ops"], ".0f"),
-                        cell(row["peak"], ",.0f"),
-                        cell(row["log_prob"], ",.0f"),
-                        cell(row["sample"], ",.0f"),
-                        cell(1e3 * row["floor"], ".2f"),
-                        cell(row["step"] / row["floor"], ".2f"),
-                    ]
-                    label = mode
-                    if library == "torchnf" and args.conditioner_dtype:
-                        label += f", {args.conditioner_dtype} conditioners"
-                    print(f"| {kind} | {dim} | {library} | {label} | {' | '.join(cells)} |")
-            summarize(kind, dim, steps)
+            rows = [speed_row(lib, kind, x, mode, args) for lib in libraries for mode in modes]
+            # The rows take turns in every round, so that load on a shared machine biases none.
+            for _ in range(args.repeats):
+                for row in rows:
+                    for key, f in row.timed.items():
+                        calls = args.calls if key in ("step", "floor") else 1
+                        row.best[key] = min(row.best[key], seconds_per_call(f, device, calls))
+            for row in rows:
+                print(f"| {kind} | {dim} | {row_cells(row, args)} |", flush=True)
+            summarize(kind, dim, {(r.library, r.mode): r.best.get("step", math.nan) for r in rows})
+
+
+def row_cells(row: SpeedRow, args) -> str:
+    """The table cells of a row, from library to step / floor."""
+    step = row.best.get("step", math.nan)
+    floor = row.best.get("floor", math.nan)
+    n = args.n_eval
+    label = row.mode
+    if row.library == "torchnf" and args.conditioner_dtype:
+        label += f", {args.conditioner_dtype} conditioners"
+    cells = [
+        row.library,
+        label,
+        cell(1e3 * step, ".2f"),
+        cell(1 / step, ",.1f"),
+        cell(row.ops, ".0f"),
+        cell(row.peak, ",.0f"),
+        cell(n / row.best.get("log_prob", math.nan), ",.0f"),
+        cell(n / row.best.get("sample", math.nan), ",.0f"),
+        cell(1e3 * floor, ".2f"),
+        cell(step / floor, ".2f"),
+    ]
+    return " | ".join(cells)
 
 
 def cell(value: float, spec: str) -> str:
