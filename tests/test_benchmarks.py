@@ -1,0 +1,27 @@
+"""The speed benchmark that `benchmarks/gpu.sh` runs on a GPU machine runs end to end (tiny)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+COMPARE = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
+
+
+def test_compare_speed_prints_a_row_with_the_floor() -> None:
+    argv = [sys.executable, str(COMPARE), "--speed", "--models", "MAF", "NSF", "--dims", "3"]
+    argv += ["--batch-size", "64", "--libraries", "torchnf", "--repeats", "1", "--calls", "1"]
+    argv += ["--n-eval", "32", "--hidden-sizes", "8", "--n-layers", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| MAF")]
+    rows += [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| NSF")]
+    assert len(rows) == 2, done.stdout
+    for row in rows:
+        step_ms, ops, floor_ms, ratio = (
+            float(row[4]),
+            int(row[6]),
+            float(row[10]),
+            float(row[11][:-2]),
+        )
+        assert step_ms > 0 and ops > 0 and floor_ms > 0 and ratio > 0
