@@ -19,7 +19,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/peers .whl/*.whl
   export PYTHONPATH="/tmp/peers${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD/src:$PYTHONPATH" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/device.txt"
 python3 -m pytest tests/test_cuda.py tests/test_precision.py -q -p no:cacheprovider 2>&1 |

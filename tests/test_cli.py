@@ -98,6 +98,8 @@ def _error_cases(run_dir: str, tmp: str) -> dict[str, list[str]]:
         "corrupt-run": ["sample", f"{tmp}/corrupt", "-n", "5", "-o", f"{tmp}/s.npy"],
         "wrong-dimension": ["evaluate", run_dir, "--data", f"{tmp}/three.npy"],
         "nan-data": ["evaluate", run_dir, "--data", f"{tmp}/nan.csv"],
+        "bad-device": ["train", "--device", "gpu", "--out", tmp] + SMALL,
+        "missing-gpu": ["sample", run_dir, "--device", "cuda:7", "-o", f"{tmp}/s.npy"],
     }
 
 
@@ -111,6 +113,8 @@ ERRORS = {
     "corrupt-run": "model.safetensors: corrupt checkpoint weights",
     "wrong-dimension": r"expected data in .*three.npy of shape \(N, 2\), got \(4, 3\)",
     "nan-data": "nan.csv: expected finite data, found NaN at row 1",
+    "bad-device": "expected --device cpu, cuda or cuda:N, got 'gpu'",
+    "missing-gpu": r"--device cuda:7: (CUDA is not available here|this machine has \d+ CUDA)",
 }
 
 

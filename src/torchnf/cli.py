@@ -172,7 +172,7 @@ def train_command(args: argparse.Namespace) -> None:
     if args.list_models:
         print("\n".join(e.name for e in registry.entries("model")))
         return
-    device = distributed.setup(args.device)
+    device = distributed.setup(resolve_device(args.device))
     threads = torch.get_num_threads()
     try:
         _train(args, device)
@@ -311,7 +311,7 @@ def sample_command(args: argparse.Namespace) -> None:
         raise ValueError(f"{output}: expected a .npy, .csv or .png output file")
     if args.n_samples < 1:
         raise ValueError(f"expected -n >= 1, got {args.n_samples}")
-    flow = load(args.run, device=args.device)
+    flow = load(args.run, device=resolve_device(args.device))
     if flow.context_size:
         raise ValueError(f"{args.run}: the model is conditional; sample it from Python")
     if grid and not isinstance(flow, ImageFlow):
@@ -357,7 +357,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def evaluate_command(args: argparse.Namespace) -> None:
     """``torchnf evaluate``: mean NLL of data under a saved flow."""
-    flow = load(args.run, device=args.device)
+    flow = load(args.run, device=resolve_device(args.device))
     if flow.context_size:
         raise ValueError(f"{args.run}: the model is conditional; evaluate it from Python")
     dtype = next(iter(flow.parameters())).dtype
@@ -379,6 +379,26 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
 
 # -- shared pieces ----------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``--device`` names, refused with a clear error where it does not
+    exist here (e.g. CUDA with a CPU-only torch, or a GPU index past the last)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"expected --device cpu, cuda or cuda:N, got {name!r}") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}); "
+                "use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
 def resolve_data(spec: str, n_points: int, seed: int) -> Tensor:
     """The data named by ``spec``: a ``.npy``/``.csv`` file, or a built-in data set's
     ``n_points`` seeded points. Returns a checked ``(N, *event_shape)`` tensor."""
