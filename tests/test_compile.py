@@ -179,5 +179,7 @@ def test_fit_rejects_an_unknown_compile_mode() -> None:
 
 def test_train_command_has_compile_flag() -> None:
     parser = build_parser()
-    assert parser.parse_args(["train", "--compile"]).compile
+    assert parser.parse_args(["train"]).compile is False
+    assert parser.parse_args(["train", "--compile"]).compile == "default"
+    assert parser.parse_args(["train", "--compile", "reduce-overhead"]).compile == "reduce-overhead"
     assert not parser.parse_args(["train"]).compile
