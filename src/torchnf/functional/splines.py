@@ -180,7 +180,7 @@ def rqs_forward(
     xc, inside, *bin_ = _bin(x, knots_x, knots_x, knots_y, derivatives)
     if torch.compiler.is_compiling():  # inductor fuses autograd's backward itself
         return _in_bin_forward(x, xc, inside, *bin_)
-    return _BinForward.apply(x, xc, inside, *bin_)
+    return _InBin.apply(False, x, xc, inside, *bin_)
 
 
 def rqs_inverse(
@@ -207,7 +207,7 @@ def rqs_inverse(
     yc, inside, *bin_ = _bin(y, knots_y, knots_x, knots_y, derivatives)
     if torch.compiler.is_compiling():
         return _in_bin_inverse(y, yc, inside, *bin_)
-    return _BinInverse.apply(y, yc, inside, *bin_)
+    return _InBin.apply(True, y, yc, inside, *bin_)
 
 
 def _in_bin_forward(
@@ -305,71 +305,63 @@ def _partials(
     return theta, s, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1
 
 
-class _BinForward(torch.autograd.Function):
-    """:func:`_in_bin_forward` with a hand-derived backward, in fewer passes over memory than
-    autograd's op-by-op one; differentiable again, and vmap-able (``check``'s batched
-    Jacobians)."""
+class _InBin(torch.autograd.Function):
+    """:func:`_in_bin_forward` (or, with ``inverse``, :func:`_in_bin_inverse`) with a
+    hand-derived backward, in fewer passes over memory than autograd's op-by-op one;
+    differentiable again, and vmap-able (``check``'s batched Jacobians)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, xc, inside, x_k, w, y_k, h, d_k, d_k1):
-        return _in_bin_forward(x, xc, inside, x_k, w, y_k, h, d_k, d_k1)
+    def forward(inverse, v, vc, inside, x_k, w, y_k, h, d_k, d_k1):
+        in_bin = _in_bin_inverse if inverse else _in_bin_forward
+        return in_bin(v, vc, inside, x_k, w, y_k, h, d_k, d_k1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, xc, inside, x_k, w, y_k, h, d_k, d_k1 = inputs
-        ctx.save_for_backward(xc, inside, x_k, w, h, d_k, d_k1)
+        inverse, v, vc, inside, x_k, w, y_k, h, d_k, d_k1 = inputs
+        # The partials are taken at the abscissa: the clamped input, or the inverse's output.
+        point = output[0] if inverse else vc
+        ctx.inverse = inverse
+        ctx.save_for_backward(point, inside, x_k, w, h, d_k, d_k1)
         ctx.set_materialize_grads(True)
 
     @staticmethod
-    def backward(ctx, grad_y, grad_log_det):
-        xc, inside, x_k, w, h, d_k, d_k1 = ctx.saved_tensors
-        theta, s, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1 = _partials(
-            xc, x_k, w, h, d_k, d_k1
-        )
-        gy = grad_y * inside
-        gl = grad_log_det * inside
-        a_t = (gy * y_t + gl * l_t) / w  # d/d theta, over w: the derivative in x
-        a_s = (gy * y_s + gl * l_s) / w  # d/d s, over w: the derivative in h through s
-        grad_x = torch.where(inside, a_t, grad_y)
-        grad_w = -(a_t * theta + a_s * s)
-        grad_h = gy * y_h + a_s
-        grad_dk = gy * y_dk + gl * l_dk
-        grad_dk1 = gy * y_dk1 + gl * l_dk1
-        return grad_x, None, None, -a_t, grad_w, gy, grad_h, grad_dk, grad_dk1
+    def backward(ctx, grad_out, grad_log_det):
+        gradients = _inverse_gradients if ctx.inverse else _forward_gradients
+        return None, *gradients(*ctx.saved_tensors, grad_out, grad_log_det)
 
 
-class _BinInverse(torch.autograd.Function):
-    r""":func:`_in_bin_inverse` with its backward by the implicit function theorem: at the
-    solution :math:`\theta` of :math:`y = F(\theta, p)`,
+def _forward_gradients(xc, inside, x_k, w, h, d_k, d_k1, grad_y, grad_log_det):
+    """Gradients of the forward map's ``(y, log_det)`` in its inputs
+    ``(x, xc, inside, x_k, w, y_k, h, d_k, d_k1)``."""
+    theta, s, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1 = _partials(
+        xc, x_k, w, h, d_k, d_k1
+    )
+    gy = grad_y * inside
+    gl = grad_log_det * inside
+    a_t = (gy * y_t + gl * l_t) / w  # d/d theta, over w: the derivative in x
+    a_s = (gy * y_s + gl * l_s) / w  # d/d s, over w: the derivative in h through s
+    grad_x = torch.where(inside, a_t, grad_y)
+    grad_w = -(a_t * theta + a_s * s)
+    grad_h = gy * y_h + a_s
+    grad_dk = gy * y_dk + gl * l_dk
+    grad_dk1 = gy * y_dk1 + gl * l_dk1
+    return grad_x, None, None, -a_t, grad_w, gy, grad_h, grad_dk, grad_dk1
+
+
+def _inverse_gradients(x, inside, x_k, w, h, d_k, d_k1, grad_x, grad_log_det):
+    r"""Gradients of the inverse map's ``(x, log_det)`` in its inputs, by the implicit
+    function theorem: at the solution :math:`\theta` of :math:`y = F(\theta, p)`,
     :math:`d\theta = (dy - F_p\,dp) / F_\theta`, with the forward's partials."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(y, yc, inside, x_k, w, y_k, h, d_k, d_k1):
-        return _in_bin_inverse(y, yc, inside, x_k, w, y_k, h, d_k, d_k1)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        y, yc, inside, x_k, w, y_k, h, d_k, d_k1 = inputs
-        ctx.save_for_backward(output[0], inside, x_k, w, h, d_k, d_k1)
-        ctx.set_materialize_grads(True)
-
-    @staticmethod
-    def backward(ctx, grad_x, grad_log_det):
-        x, inside, x_k, w, h, d_k, d_k1 = ctx.saved_tensors
-        theta, s, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1 = _partials(
-            x, x_k, w, h, d_k, d_k1
-        )
-        gx = grad_x * inside
-        gl = grad_log_det * inside  # of -L
-        c = (gx * w - gl * l_t) / y_t  # the gradient in y, through theta
-        b_s = (c * y_s + gl * l_s) / w  # through s = h / w
-        grad_y = torch.where(inside, c, grad_x)
-        grad_w = gx * theta + b_s * s
-        grad_h = -c * y_h - b_s
-        grad_dk = -c * y_dk - gl * l_dk
-        grad_dk1 = -c * y_dk1 - gl * l_dk1
-        return grad_y, None, None, gx, grad_w, -c, grad_h, grad_dk, grad_dk1
+    theta, s, y_t, y_s, y_h, y_dk, y_dk1, l_t, l_s, l_dk, l_dk1 = _partials(x, x_k, w, h, d_k, d_k1)
+    gx = grad_x * inside
+    gl = grad_log_det * inside  # of -L
+    c = (gx * w - gl * l_t) / y_t  # the gradient in y, through theta
+    b_s = (c * y_s + gl * l_s) / w  # through s = h / w
+    grad_y = torch.where(inside, c, grad_x)
+    grad_w = gx * theta + b_s * s
+    grad_h = -c * y_h - b_s
+    grad_dk = -c * y_dk - gl * l_dk
+    grad_dk1 = -c * y_dk1 - gl * l_dk1
+    return grad_y, None, None, gx, grad_w, -c, grad_h, grad_dk, grad_dk1
