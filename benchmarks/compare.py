@@ -47,6 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchnf.data import get_target
 from torchnf.nets import MLP, ConvNet, set_conditioner_precision
 from torchnf.nets.made import MADE
+from torchnf.train.loop import uses_cuda_graphs
 
 
 @dataclass
@@ -269,10 +270,6 @@ def in_mode(f: Callable, mode: str) -> Callable:
     return f if mode == "eager" else torch.compile(f, mode=mode)
 
 
-def uses_graphs(mode: str, device: torch.device) -> bool:
-    return mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
-
-
 def seconds_per_call(f: Callable[[], object], device: torch.device, calls: int) -> float:
     """Mean seconds per call of ``f`` over ``calls`` calls, the device's queue drained."""
     synchronize(device)
@@ -287,7 +284,7 @@ def training_step(module: nn.Module, loss: Callable[[], Tensor], mode: str, devi
     """One step: ``loss()`` (compiled in ``mode``), backward, fused Adam (every library alike)."""
     loss = in_mode(loss, mode)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, fused=True)
-    graphs = uses_graphs(mode, device)
+    graphs = uses_cuda_graphs(mode, torch.device(device))
 
     def step() -> None:
         if graphs:

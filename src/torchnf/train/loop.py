@@ -210,7 +210,7 @@ def fit(
     if mode is not None:
         objective = torch.compile(objective, mode=mode)
     # CUDA-graph replays reuse their output buffers: each step is marked as a new one.
-    graphs = mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
+    graphs = uses_cuda_graphs(mode, device)
     main = rank == 0
     log = _open_log(log_path, append=start > 0) if main else None
     history = History()
@@ -376,6 +376,12 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
         if torch.is_floating_point(tensor):
             return tensor.dtype
     return torch.get_default_dtype()
+
+
+def uses_cuda_graphs(mode: str | None, device: torch.device) -> bool:
+    """Whether :func:`torch.compile` in ``mode`` replays CUDA graphs on ``device`` (then each
+    training step must call :func:`torch.compiler.cudagraph_mark_step_begin` first)."""
+    return mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
 
 
 def _compile_mode(compile: bool | str) -> str | None:
