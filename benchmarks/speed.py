@@ -1,10 +1,10 @@
-"""Milliseconds per training step and per sampling call of MAF and NSF, eager and compiled.
+"""Milliseconds per training step and per sampling call of MAF, NSF and RealNVP, eager and compiled.
 
 Run: ``python benchmarks/speed.py`` (a table for the working tree), or
 ``python benchmarks/speed.py --baseline REV`` to measure the ``src/`` of git revision ``REV``
 too, in the same run: each (tree, model, mode) is timed in its own process, the trees
 alternating, so both see the same load on a shared machine. A training step is what ``fit``
-does (NLL forward and backward, gradient clipping, Adam); compiled mode runs the NLL through
+does (NLL forward and backward, gradient clipping, fused Adam); compiled mode runs the NLL through
 :func:`torch.compile` as ``fit(..., compile=True)`` does, and sampling through
 ``torch.compile(flow.sample)``. Each time is the median of ``--repeats`` calls after warm-up
 (compilation is excluded, and reported apart). Same seed everywhere; CPU, one thread by default.
@@ -30,17 +30,17 @@ def measure(model: str, mode: str, batch: int, dim: int, repeats: int) -> dict[s
     """Time one model in one mode in this process (the ``torchnf`` on ``sys.path``)."""
     import torch
 
-    from torchnf.models import MAF, NSF
+    from torchnf.models import MAF, NSF, RealNVP
     from torchnf.train.losses import nll
 
     torch.manual_seed(0)
-    flow = MAF(dim) if model == "MAF" else NSF(dim)
+    flow = {"MAF": MAF, "NSF": NSF, "RealNVP": RealNVP}[model](dim)
     x = torch.randn(batch, dim)
     flow.initialize(x)
     with torch.no_grad():  # away from the identity at which the flows start
         for p in flow.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4, fused=True)
     loss_fn = (lambda v: nll(flow, v)) if mode == "eager" else torch.compile(lambda v: nll(flow, v))
     sample = flow.sample if mode == "eager" else torch.compile(flow.sample)
 
@@ -78,7 +78,7 @@ def run_child(src: Path, model: str, mode: str, args: argparse.Namespace) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="git revision whose src/ is measured too")
-    parser.add_argument("--models", nargs="+", default=["MAF", "NSF"])
+    parser.add_argument("--models", nargs="+", default=["MAF", "NSF"], help="MAF, NSF, RealNVP")
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"])
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--dim", type=int, default=16)
