@@ -70,9 +70,10 @@ class Coupling(Bijector):
         # An alternating mask of even length splits x into two strided views (and merges
         # with one stack), which saves the gathers, scatters and zero-filled gradients of
         # index_select/index_copy in eager mode: a RealNVP training step at D = 64 and batch
-        # 4096 goes from 262 to 237 kernels and 135 to 107 MB written, about 6% faster on a
-        # CPU. Under torch.compile the gathers fuse into their consumers; there the strided
-        # form made inductor's CPU code of that step 1.35x slower (42 against 31 ms).
+        # 4096 goes from 251 to 211 kernels and 142 to 107 MB written, 1.2x faster on a CPU.
+        # Under torch.compile the gathers fuse into their consumers; there the strided form
+        # made inductor's CPU code of that step 1.28x slower (69 against 54 ms). Measured by
+        # benchmarks/ablations.py and benchmarks/speed.py (RESULTS.md).
         self.parity = next(
             (
                 p
