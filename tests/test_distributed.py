@@ -17,7 +17,7 @@ from torchnf import cli
 from torchnf.data import get_target
 from torchnf.distributions.base import DiagonalNormal
 from torchnf.models import RealNVP
-from torchnf.train.checkpoint import read_config
+from torchnf.train.checkpoint import load_training_state
 
 STEPS, BATCH = 6, 64
 
@@ -99,4 +99,4 @@ def test_torchrun_command_trains_then_resumes(tmp_path):
     assert cli.main([*argv, "--steps", "20", "--resume"]) == 0
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
-    assert read_config(tmp_path / "ddp")["step"] == 20
+    assert load_training_state(tmp_path / "ddp")["step"] == 20

@@ -1,7 +1,20 @@
-"""Training: the NLL objective, the ``fit`` loop (one process or DDP) and checkpoints."""
+"""Training: objectives, data sources, the run folder, hooks and the ``fit`` loop (one process
+or DDP), and checkpoints."""
 
 from torchnf.train.checkpoint import load, save
-from torchnf.train.loop import History, evaluate_nll, fit
-from torchnf.train.losses import nll
+from torchnf.train.hooks import History, Hook
+from torchnf.train.loop import Interrupted, evaluate_nll, fit
+from torchnf.train.objectives import nll
+from torchnf.train.run import RunFolder
 
-__all__ = ["History", "evaluate_nll", "fit", "load", "nll", "save"]
+__all__ = [
+    "History",
+    "Hook",
+    "Interrupted",
+    "RunFolder",
+    "evaluate_nll",
+    "fit",
+    "load",
+    "nll",
+    "save",
+]

@@ -3,39 +3,52 @@
 A checkpoint is a directory holding
 
 - ``model.safetensors``: the flow's ``state_dict`` (parameters and buffers, so data-dependent
-  initialization such as ActNorm's survives);
+  initialization such as ActNorm's survives). A training checkpoint also holds, in the same
+  file, the training state of the same step (step, optimizer state, the hooks' state):
+  non-tensor values as JSON in the file's header, tensors under keys starting with
+  ``__training__.``, which :func:`load` leaves out. One file is one consistent unit: weights
+  and optimizer state can never come from different steps;
 - ``config.json``: ``{"format": "torchnf-checkpoint", "model": <registry name>, "config":
   model.config, "dtype": ..., ...metadata}``, enough to rebuild a registered model with
-  :func:`torchnf.core.registry.build` without the script that made it;
-- optionally ``training_state.pt`` (optimizer state and step, written by ``fit`` to resume).
+  :func:`torchnf.core.registry.build` without the script that made it.
 
 Every file is written atomically: to a temporary file in the same directory, then moved over
-the old one with ``os.replace``, so a crash never leaves a half-written checkpoint.
+the old one with ``os.replace``, so a crash never leaves a half-written checkpoint. Files are
+created with the permissions the user's umask gives (as ``open`` would).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor, nn
 
 from torchnf.core.registry import REGISTRY, build
 
 FORMAT = "torchnf-checkpoint"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TRAINING_STATE = "training_state.pt"
+#: Key prefix of the training state's tensors in ``model.safetensors``.
+TRAINING_PREFIX = "__training__."
+#: The dtypes a checkpoint may name.
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def save(flow: nn.Module, path: str | Path, **metadata: Any) -> Path:
+def save(
+    flow: nn.Module,
+    path: str | Path,
+    *,
+    training_state: dict[str, Any] | None = None,
+    **metadata: Any,
+) -> Path:
     """Write ``flow`` to the checkpoint directory ``path`` (created if needed).
 
     Arguments:
@@ -43,6 +56,9 @@ def save(flow: nn.Module, path: str | Path, **metadata: Any) -> Path:
             :func:`load` alone; any other module is saved too, but ``load`` then needs the
             module to load the weights into.
         path: the checkpoint directory.
+        training_state: what ``fit`` needs to resume (nested dicts and lists of tensors and
+            JSON values, e.g. an optimizer's ``state_dict``), stored in the same file as the
+            weights; read it back with :func:`load_training_state`.
         **metadata: JSON-serializable values stored in ``config.json`` (e.g. ``step``,
             ``data``, ``val_nll``).
 
@@ -57,8 +73,23 @@ def save(flow: nn.Module, path: str | Path, **metadata: Any) -> Path:
         >>> sorted(p.name for p in path.iterdir())
         ['config.json', 'model.safetensors']
     """
+    text = json.dumps(config_of(flow, metadata), indent=2)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: _cpu(v) for k, v in flow.state_dict().items()}
+    header = {"format": FORMAT}
+    if training_state is not None:
+        header["training_state"] = json.dumps(_encode(training_state, tensors))
+    _atomic_write(path / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=header))
+    config_file = path / CONFIG
+    if not config_file.is_file() or config_file.read_text() != text + "\n":
+        _atomic_write(config_file, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return path
+
+
+def config_of(flow: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` content for ``flow``: format, registry name and config (a registered
+    model), class, dtype and ``metadata``; ``ValueError`` when that is not JSON."""
     name = type(flow).__name__
     registered = name in REGISTRY and REGISTRY[name].cls is type(flow) and hasattr(flow, "config")
     config = {
@@ -70,13 +101,9 @@ def save(flow: nn.Module, path: str | Path, **metadata: Any) -> Path:
         **metadata,
     }
     try:
-        text = json.dumps(config, indent=2)
+        return json.loads(json.dumps(config))
     except TypeError as error:
         raise ValueError(f"expected JSON-serializable checkpoint metadata: {error}") from None
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in flow.state_dict().items()}
-    _atomic_write(path / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    _atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(text + "\n"))
-    return path
 
 
 def load(
@@ -108,15 +135,18 @@ def load(
             )
         try:
             model = build(info["model"], info["config"])
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{directory / CONFIG}: cannot rebuild the model: {error}") from None
+        except Exception as error:  # any nonsense in an edited config.json: one clear line
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"{directory / CONFIG}: cannot rebuild the model: {first or type(error).__name__}"
+            ) from None
     if info.get("dtype"):
         model = model.to(getattr(torch, info["dtype"]))
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: checkpoint weights not found")
     try:
-        state = load_file(weights)
+        state = {k: v for k, v in load_file(weights).items() if not k.startswith(TRAINING_PREFIX)}
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{weights}: corrupt checkpoint weights ({error})") from None
     try:
@@ -130,7 +160,7 @@ def load(
 def checkpoint_dir(path: str | Path) -> Path:
     """The checkpoint directory for ``path`` (a directory, or one of its files)."""
     path = Path(path)
-    if path.name in (CONFIG, WEIGHTS, TRAINING_STATE):
+    if path.name in (CONFIG, WEIGHTS):
         path = path.parent
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
@@ -148,28 +178,72 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{file}: corrupt checkpoint config ({error})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ValueError(f"{file}: not a torchnf checkpoint config (no 'format': '{FORMAT}')")
+    for key, expected, ok in (
+        ("model", "a registered model name or null", lambda v: v is None or isinstance(v, str)),
+        (
+            "config",
+            "an object of constructor arguments or null",
+            lambda v: v is None or isinstance(v, dict),
+        ),
+        ("dtype", f"one of {DTYPES} or null", lambda v: v is None or v in DTYPES),
+    ):
+        if not ok(info.get(key)):
+            raise ValueError(f"{file}: expected {key!r} to be {expected}, got {info.get(key)!r}")
+    if (info.get("model") is None) != (info.get("config") is None):
+        raise ValueError(f"{file}: expected 'model' and 'config' both set or both null")
     return info
 
 
-def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write the optimizer/scheduler state and step next to the weights."""
-    _atomic_write(Path(path) / TRAINING_STATE, lambda tmp: torch.save(state, tmp))
-
-
 def load_training_state(path: str | Path) -> dict[str, Any] | None:
-    """The training state written by :func:`save_training_state`, or ``None`` if absent."""
-    file = Path(path) / TRAINING_STATE
+    """The training state saved with the weights by ``save(..., training_state=...)``, or
+    ``None`` when the checkpoint has none (or there is no checkpoint)."""
+    file = Path(path) / WEIGHTS
     if not file.is_file():
         return None
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged pickle
-        raise ValueError(f"{file}: corrupt training state ({type(error).__name__})") from None
+        with safe_open(file, framework="pt") as f:
+            text = (f.metadata() or {}).get("training_state")
+            if text is None:
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(TRAINING_PREFIX)}
+        return _decode(json.loads(text), tensors)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{file}: corrupt training state ({error})") from None
+
+
+def _cpu(tensor: Tensor) -> Tensor:
+    return tensor.detach().cpu().contiguous().clone()
+
+
+def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    """``value`` as JSON, its tensors moved into ``tensors`` (under :data:`TRAINING_PREFIX`);
+    dicts become ``{"dict": [[key, value], ...]}`` so integer keys survive."""
+    if isinstance(value, Tensor):
+        key = f"{TRAINING_PREFIX}{len(tensors)}"
+        tensors[key] = _cpu(value)
+        return {"tensor": key}
+    if isinstance(value, dict):
+        return {"dict": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, list | tuple):
+        return [_encode(v, tensors) for v in value]
+    return value
+
+
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, dict):
+        if "tensor" in value:
+            return tensors[value["tensor"]]
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["dict"]}
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    return value
 
 
 def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write ``target`` through ``write(temporary_path)`` and ``os.replace``. The temporary
+    file is created exclusively with mode 0o666, which the umask reduces as for any file."""
+    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         os.replace(tmp, target)

@@ -1,0 +1,274 @@
+"""Hooks of the training loop: progress, metrics, checkpoints, learning rate, early stopping.
+
+The loop (:func:`torchnf.train.loop.train`) does the steps; everything else is a
+:class:`Hook` it calls at fixed points: ``on_start`` before the first step, ``on_step`` after
+each optimizer step (keep it cheap: no host sync), ``on_log`` with each log record (every
+``log_every`` steps, after validation), and ``on_end`` after the last step. A hook that must
+survive a resume saves its state with the checkpoint (:meth:`Hook.state_dict`). A hook stops
+training early by setting :attr:`TrainingState.stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import Tensor
+from torch.optim import Optimizer
+from tqdm.auto import tqdm
+
+from torchnf.core.flow import Flow
+from torchnf.train.run import RunFolder
+
+
+@dataclass
+class TrainingState:
+    """What hooks see: the model and optimizer, ``step`` (optimizer steps done so far, of
+    ``total``), and ``stop``, which a hook sets to a reason to end training early."""
+
+    flow: Flow
+    optimizer: Optimizer
+    step: int
+    total: int
+    stop: str | None = None
+
+
+@dataclass
+class History:
+    """What ``fit`` logged: one record (a dict, as in the JSON-lines log) per log interval.
+
+    Records hold ``step``, ``epoch``, ``train_<objective>`` (mean over the interval, e.g.
+    ``train_nll``), ``val_<objective>`` (when there is validation data), ``lr``,
+    ``grad_norm`` (before clipping, last step of the interval), ``steps_per_s`` and ``time``
+    (seconds since the start). ``history["val_nll"]`` lists one key over the records that have
+    it; ``stopped`` says why training ended early (``None`` when it ran all its steps).
+    """
+
+    records: list[dict[str, float]] = field(default_factory=list)
+    stopped: str | None = None
+
+    def __getitem__(self, key: str) -> list[float]:
+        return [r[key] for r in self.records if key in r]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class Hook:
+    """A part of training that is not the step itself; every method does nothing by default."""
+
+    #: The key of the hook's state in a checkpoint (``None``: nothing to save).
+    name: str | None = None
+
+    def on_start(self, state: TrainingState) -> None:
+        """Before the first step (``state.step`` is the step training starts from)."""
+
+    def on_step(self, state: TrainingState) -> None:
+        """After each optimizer step."""
+
+    def on_log(self, state: TrainingState, record: dict[str, float]) -> None:
+        """With each log record."""
+
+    def on_end(self, state: TrainingState) -> None:
+        """After the last step, or when training stops early or is interrupted."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What to save with a checkpoint (JSON values and tensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+
+
+class LearningRateSchedule(Hook):
+    """Sets each step's learning rate: ``lr * factor(step)`` with a cosine decay to 0 over
+    ``total`` steps, :math:`\\frac12(1 + \\cos(\\pi s / T))`, or a constant factor 1."""
+
+    def __init__(self, kind: Literal["cosine", "constant"] = "cosine") -> None:
+        if kind not in ("cosine", "constant"):
+            raise ValueError(f"expected lr_schedule 'cosine' or 'constant', got {kind!r}")
+        self.kind = kind
+        self.base: list[float] = []
+
+    def factor(self, step: int, total: int) -> float:
+        if self.kind == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    def on_start(self, state: TrainingState) -> None:
+        self.base = [
+            group.setdefault("initial_lr", group["lr"]) for group in state.optimizer.param_groups
+        ]
+        self.on_step(state)
+
+    def on_step(self, state: TrainingState) -> None:
+        factor = self.factor(state.step, state.total)
+        for group, base in zip(state.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = base * factor
+
+
+class ProgressBar(Hook):
+    """A tqdm bar of the steps, with the latest training and validation loss."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def on_start(self, state: TrainingState) -> None:
+        self.bar = tqdm(
+            total=state.total, initial=state.step, disable=not self.enabled, desc="fit", unit="step"
+        )
+
+    def on_step(self, state: TrainingState) -> None:
+        self.bar.update(1)
+
+    def on_log(self, state: TrainingState, record: dict[str, float]) -> None:
+        shown = {k.removeprefix("train_"): v for k, v in record.items() if k.startswith("train_")}
+        shown |= {k: v for k, v in record.items() if k.startswith("val_")}
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
+
+    def on_end(self, state: TrainingState) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class MetricsLog(Hook):
+    """Keeps the records in a :class:`History` and appends them, as JSON lines, to the run's
+    ``metrics.jsonl`` and/or the file ``path`` (truncated at the start of a fresh run)."""
+
+    def __init__(
+        self, history: History, run: RunFolder | None = None, path: str | Path | None = None
+    ) -> None:
+        self.history, self.run = history, run
+        self.path = None if path is None else Path(path)
+
+    def on_start(self, state: TrainingState) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if state.step == 0:
+                self.path.write_text("")
+            else:  # resumed: keep the records up to the checkpoint's step only
+                kept = [
+                    line
+                    for line in self.path.read_text().splitlines(keepends=True)
+                    if json.loads(line).get("step", 0) <= state.step
+                ]
+                self.path.write_text("".join(kept))
+
+    def on_log(self, state: TrainingState, record: dict[str, float]) -> None:
+        self.history.records.append(record)
+        if self.run is not None:
+            self.run.log(record)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class Checkpointing(Hook):
+    """Writes the run's checkpoint every ``every_steps`` steps, every ``every_minutes`` of
+    wall time (whichever is due first), at the end, and when training is interrupted.
+
+    The checkpoint holds the weights, the optimizer state and the state of every hook that has
+    one, all of the same step, in one file (:meth:`RunFolder.save_checkpoint`).
+    """
+
+    def __init__(
+        self,
+        run: RunFolder,
+        hooks: list[Hook],
+        metadata: dict[str, Any],
+        every_steps: int | None = None,
+        every_minutes: float | None = 10.0,
+    ) -> None:
+        if every_steps is not None and every_steps < 1:
+            raise ValueError(f"expected checkpoint_every >= 1 steps, got {every_steps}")
+        if every_minutes is not None and not every_minutes > 0:
+            raise ValueError(f"expected checkpoint_minutes > 0, got {every_minutes}")
+        self.run, self.hooks, self.metadata = run, hooks, metadata
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.last = time.monotonic()
+
+    def on_start(self, state: TrainingState) -> None:
+        self.last = time.monotonic()
+
+    def on_step(self, state: TrainingState) -> None:
+        due_steps = self.every_steps is not None and state.step % self.every_steps == 0
+        due_time = (
+            self.every_minutes is not None
+            and time.monotonic() - self.last >= 60 * self.every_minutes
+        )
+        if due_steps or due_time:
+            self.save(state)
+
+    def on_end(self, state: TrainingState) -> None:
+        if self.run.checkpoint_step != state.step:
+            self.save(state)
+
+    def save(self, state: TrainingState) -> None:
+        """Write the checkpoint of ``state.step`` now."""
+        training = {
+            "optimizer": state.optimizer.state_dict(),
+            "hooks": {h.name: h.state_dict() for h in self.hooks if h.name is not None},
+        }
+        self.run.save_checkpoint(state.flow, state.step, training, self.metadata)
+        self.last = time.monotonic()
+
+
+class EarlyStopping(Hook):
+    """Stops when the validation loss has not improved for ``patience`` log intervals, and
+    restores the weights of the best validation loss at the end (early stopping, e.g.
+    Prechelt, "Early Stopping — But When?", 1998).
+
+    Arguments:
+        patience: log intervals without improvement before stopping (>= 1).
+        key: the record key to minimize (``val_nll`` for maximum likelihood).
+        min_delta: the smallest decrease that counts as an improvement (>= 0).
+    """
+
+    name = "early_stopping"
+
+    def __init__(self, patience: int, key: str = "val_nll", min_delta: float = 0.0) -> None:
+        if patience < 1:
+            raise ValueError(f"expected patience >= 1 log intervals, got {patience}")
+        if not min_delta >= 0:
+            raise ValueError(f"expected min_delta >= 0, got {min_delta}")
+        self.patience, self.key, self.min_delta = patience, key, min_delta
+        self.best, self.best_step, self.wait = math.inf, 0, 0
+        self.best_weights: dict[str, Tensor] | None = None
+
+    def on_log(self, state: TrainingState, record: dict[str, float]) -> None:
+        if self.key not in record:
+            raise ValueError(f"early stopping needs {self.key!r} in the records: validation data")
+        value = record[self.key]
+        if value < self.best - self.min_delta:
+            self.best, self.best_step, self.wait = value, state.step, 0
+            self.best_weights = {k: v.detach().clone() for k, v in state.flow.state_dict().items()}
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            state.stop = (
+                f"early stopping at step {state.step}: {self.key} did not improve on "
+                f"{self.best:.6g} (step {self.best_step}) for {self.patience} log intervals"
+            )
+
+    def on_end(self, state: TrainingState) -> None:
+        if state.stop is not None and state.stop.startswith("interrupted"):
+            return  # an interrupted run resumes from where it was, not from its best
+        if self.best_weights is not None:
+            state.flow.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "wait": self.wait,
+            "best_weights": self.best_weights,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
+        self.best_weights = state["best_weights"]

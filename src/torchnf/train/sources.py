@@ -1,0 +1,489 @@
+"""Data sources: where ``fit`` gets its training and validation batches.
+
+A source answers four questions for the loop: this rank's part of the training batch of step
+``s`` (:meth:`DataSource.batch`), the global first batch (for ``flow.initialize``), the
+validation batches, and a fingerprint of the data (so a resumed run can check it trains on
+the same data). Kinds:
+
+- :class:`RowSource` over points addressed by row: tensors (and in-memory arrays), a
+  memory-mapped ``.npy`` file, which is never loaded whole (each step reads its rows), or any
+  :class:`~torch.utils.data.Dataset` with ``__len__``. A seeded split holds out
+  ``val_fraction`` of the rows; each epoch visits the training rows in a fresh seeded order,
+  and under ``torchrun`` every rank reads only its own slice of each global batch, so N
+  processes follow the trajectory of one.
+- :class:`LoaderSource` over a user's :class:`~torch.utils.data.DataLoader`, whose order,
+  batching and sharding (e.g. a ``DistributedSampler``) are the user's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from torchnf.data.loaders import check_data, check_finite_chunked, fingerprint, open_npy
+from torchnf.train.objectives import Batch
+
+#: Rows read at once for validation (and by :func:`evaluate_rows`).
+VALIDATION_ROWS = 8192
+
+
+class DataSource(ABC):
+    """What the training loop asks of its data.
+
+    Attributes:
+        steps_per_epoch: global batches in one pass over the training data.
+        has_validation: whether :meth:`validation` yields anything.
+    """
+
+    steps_per_epoch: int
+    has_validation: bool
+
+    @abstractmethod
+    def batch(self, step: int) -> Batch:
+        """This rank's part of the training batch of ``step`` (0-based), on the device."""
+
+    @abstractmethod
+    def first_batch(self) -> Batch:
+        """The whole (global) batch of step 0, for data-dependent initialization."""
+
+    @abstractmethod
+    def validation(self) -> Iterator[Batch]:
+        """The held-out batches (nothing when there is no validation data)."""
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """A JSON-serializable summary that changes when the data change."""
+
+
+class RowSource(DataSource):
+    """Points addressed by row (tensors, arrays, a memory-mapped ``.npy``, a ``Dataset``).
+
+    Arguments:
+        data: ``(N, *event_shape)`` points: a tensor, a NumPy array (a ``np.memmap`` is read
+            row by row), a path to a ``.npy`` file (memory-mapped), or a ``Dataset`` whose
+            items are points or ``(point, context)`` pairs.
+        context: ``(N, context_size)`` conditioning values (tensor or array), or ``None``.
+        event_shape: the shape of one point (the flow's).
+        context_size: the flow's context size (0: unconditional).
+        batch_size: global batch size.
+        val_fraction: fraction of the rows held out for validation.
+        seed: seed of the split and of each epoch's order.
+        device: where batches go.
+        dtype: the floating dtype batches are cast to (the flow's).
+        rank: this process's rank; world: the number of processes.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        context: Any,
+        *,
+        event_shape: tuple[int, ...],
+        context_size: int,
+        batch_size: int,
+        val_fraction: float,
+        seed: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"expected 0 <= val_fraction < 1, got {val_fraction}")
+        if batch_size % world:
+            raise ValueError(
+                f"expected a batch_size divisible by the {world} processes, got {batch_size}"
+            )
+        self._table = _table(data, context, event_shape, context_size, device, dtype)
+        n = len(self._table)
+        n_val = math.ceil(n * val_fraction) if val_fraction else 0
+        if n - n_val < batch_size:
+            raise ValueError(
+                f"expected at least batch_size={batch_size} training points, got {n - n_val} "
+                f"({n} points, {n_val} held out for validation)"
+            )
+        split = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        self._val_rows, train_rows = split[:n_val], split[n_val:]
+        self._train = self._table.restrict(train_rows)
+        self.steps_per_epoch = len(train_rows) // batch_size
+        self.has_validation = n_val > 0
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def _global_rows(self, step: int) -> Tensor:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 1)
+            # Drawn on the CPU (the same order on every device), moved without a host sync.
+            self._order = self._train.index(torch.randperm(len(self._train), generator=g))
+            self._epoch = epoch
+        return self._order[k * self.batch_size : (k + 1) * self.batch_size]
+
+    def batch(self, step: int) -> Batch:
+        local = self.batch_size // self.world
+        rows = self._global_rows(step)[self.rank * local : (self.rank + 1) * local]
+        return self._train.take(rows)
+
+    def first_batch(self) -> Batch:
+        return self._train.take(self._global_rows(0))
+
+    def validation(self) -> Iterator[Batch]:
+        for start in range(0, len(self._val_rows), VALIDATION_ROWS):
+            yield self._table.take(
+                self._table.index(self._val_rows[start : start + VALIDATION_ROWS])
+            )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self._table.fingerprint()
+
+
+class LoaderSource(DataSource):
+    """Batches from a user's :class:`~torch.utils.data.DataLoader`, epoch after epoch.
+
+    The loader's items are point tensors or ``(points, context)`` pairs. Each epoch calls
+    ``loader.sampler.set_epoch(epoch)`` where the sampler has it (a ``DistributedSampler``);
+    a resumed run skips the batches of the epoch already seen, so a seeded loader resumes
+    exactly. Validation comes from ``val_loader`` (the split is the user's).
+    """
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        val_loader: DataLoader | None,
+        *,
+        event_shape: tuple[int, ...],
+        context_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        try:
+            self.steps_per_epoch = len(loader)
+        except TypeError:
+            raise ValueError("expected a DataLoader with a length (a map-style dataset)") from None
+        if self.steps_per_epoch < 1:
+            raise ValueError("expected a DataLoader with at least one batch, got an empty one")
+        self.loader, self.val_loader = loader, val_loader
+        self.has_validation = val_loader is not None
+        self._convert = _BatchConverter(event_shape, context_size, device, dtype)
+        self._epoch, self._iterator, self._next = -1, iter(()), 0
+
+    def batch(self, step: int) -> Batch:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch or k != self._next:
+            self._start_epoch(epoch, skip=k)
+        self._next = k + 1
+        return self._convert(next(self._iterator), f"batch {k} of the DataLoader")
+
+    def _start_epoch(self, epoch: int, skip: int) -> None:
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+        self._iterator, self._epoch = iter(self.loader), epoch
+        for _ in range(skip):
+            next(self._iterator)
+
+    def first_batch(self) -> Batch:
+        return self._convert(next(iter(self.loader)), "the first batch of the DataLoader")
+
+    def validation(self) -> Iterator[Batch]:
+        for k, item in enumerate(self.val_loader or ()):
+            yield self._convert(item, f"batch {k} of the validation DataLoader")
+
+    def fingerprint(self) -> dict[str, Any]:
+        dataset = self.loader.dataset
+        return {
+            "kind": "DataLoader",
+            "dataset": type(dataset).__name__,
+            "length": len(dataset) if hasattr(dataset, "__len__") else None,
+            "batches": self.steps_per_epoch,
+        }
+
+
+def make_source(
+    data: Any,
+    context: Any = None,
+    *,
+    val_data: Any = None,
+    event_shape: tuple[int, ...],
+    context_size: int,
+    batch_size: int,
+    val_fraction: float,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    rank: int = 0,
+    world: int = 1,
+) -> DataSource:
+    """The source for ``data`` of any supported kind (see :class:`RowSource`,
+    :class:`LoaderSource`); ``val_data`` is a validation ``DataLoader`` for a loader."""
+    if isinstance(data, DataLoader):
+        if context is not None:
+            raise ValueError("a DataLoader carries its own context: yield (points, context)")
+        if val_data is not None and not isinstance(val_data, DataLoader):
+            raise ValueError(f"expected val_data to be a DataLoader, got {type(val_data).__name__}")
+        return LoaderSource(
+            data,
+            val_data,
+            event_shape=event_shape,
+            context_size=context_size,
+            device=device,
+            dtype=dtype,
+        )
+    if val_data is not None:
+        raise ValueError("val_data is for a DataLoader; other data are split by val_fraction")
+    return RowSource(
+        data,
+        context,
+        event_shape=event_shape,
+        context_size=context_size,
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        rank=rank,
+        world=world,
+    )
+
+
+# -- tables of rows ---------------------------------------------------------------------------
+class _Table(ABC):
+    """Rows of points (and contexts) that batches are taken from."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def index(self, rows: Tensor) -> Tensor:
+        """Row indices (a CPU tensor) where :meth:`take` reads them (the data's device)."""
+        return rows
+
+    @abstractmethod
+    def take(self, rows: Tensor) -> Batch:
+        """The points (and contexts) of ``rows`` (from :meth:`index`), on the device."""
+
+    @abstractmethod
+    def restrict(self, rows: Tensor) -> _Table:
+        """The table of ``rows`` (a CPU index tensor) only: the training split."""
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]: ...
+
+
+class _TensorTable(_Table):
+    """Points held in memory on the device: a batch is one gather, without a host sync."""
+
+    def __init__(self, x: Tensor, context: Tensor | None, raw: tuple[Any, Any]) -> None:
+        self.x, self.context, self._raw = x, context, raw
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, rows: Tensor) -> Batch:
+        return Batch(self.x[rows], None if self.context is None else self.context[rows])
+
+    def index(self, rows: Tensor) -> Tensor:
+        if self.x.device.type == "cuda":
+            rows = rows.pin_memory()
+        return rows.to(self.x.device, non_blocking=True)
+
+    def restrict(self, rows: Tensor) -> _TensorTable:
+        rows = self.index(rows)
+        context = None if self.context is None else self.context[rows]
+        return _TensorTable(self.x[rows], context, self._raw)
+
+    def fingerprint(self) -> dict[str, Any]:
+        data, context = self._raw
+        return {"data": fingerprint(data), "context": _maybe_fingerprint(context)}
+
+
+class _ArrayTable(_Table):
+    """Points in a NumPy array, typically memory-mapped: a batch reads only its rows (in file
+    order), so the file is never loaded whole."""
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        context: np.ndarray | None,
+        rows: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype,
+        origin: str,
+    ) -> None:
+        self.array, self.context, self.rows = array, context, rows
+        self.device, self.dtype, self.origin = device, dtype, origin
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, rows: Tensor) -> Batch:
+        selected = np.sort(self.rows[rows.numpy()])
+        x = torch.from_numpy(np.ascontiguousarray(self.array[selected]))
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        if self.context is None:
+            return Batch(x)
+        c = torch.from_numpy(np.ascontiguousarray(self.context[selected]))
+        return Batch(x, c.to(self.device, self.dtype, non_blocking=True))
+
+    def restrict(self, rows: Tensor) -> _ArrayTable:
+        return _ArrayTable(
+            self.array, self.context, self.rows[rows.numpy()], self.device, self.dtype, self.origin
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "data": {**fingerprint(self.array), "origin": self.origin},
+            "context": _maybe_fingerprint(self.context),
+        }
+
+
+class _DatasetTable(_Table):
+    """Items of a map-style ``Dataset``, collated and checked batch by batch."""
+
+    def __init__(self, dataset: Dataset, rows: np.ndarray, convert: _BatchConverter) -> None:
+        self.dataset, self.rows, self.convert = dataset, rows, convert
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, rows: Tensor) -> Batch:
+        items = [self.dataset[int(i)] for i in self.rows[rows.numpy()]]
+        return self.convert(default_collate(items), f"items of the {type(self.dataset).__name__}")
+
+    def restrict(self, rows: Tensor) -> _DatasetTable:
+        return _DatasetTable(self.dataset, self.rows[rows.numpy()], self.convert)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The length, the class and a hash of up to 64 evenly spaced items (hashing every
+        item of a large dataset would read it all)."""
+        n = len(self.dataset)
+        digest = hashlib.blake2b(digest_size=16)
+        for i in np.unique(np.linspace(0, n - 1, min(n, 64)).astype(np.int64)):
+            item = self.dataset[int(i)]
+            for part in item if isinstance(item, tuple | list) else (item,):
+                digest.update(np.ascontiguousarray(torch.as_tensor(part).numpy()).tobytes())
+        return {"kind": type(self.dataset).__name__, "length": n, "sample_hash": digest.hexdigest()}
+
+
+class _BatchConverter:
+    """Checks a collated batch (points, or ``(points, context)``) and moves it to the device."""
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        context_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.event_shape, self.context_size = event_shape, context_size
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, item: Any, where: str) -> Batch:
+        if isinstance(item, tuple | list):
+            if len(item) != 2:
+                raise ValueError(f"{where}: expected points or (points, context), got {len(item)}")
+            x, context = item
+        else:
+            x, context = item, None
+        x = check_data(_as_float_tensor(x, where), self.event_shape, f"points in {where}")
+        if self.context_size and context is None:
+            raise ValueError(f"{where}: the flow is conditional; yield (points, context) pairs")
+        if context is not None:
+            if not self.context_size:
+                raise ValueError(f"{where}: a context was given to an unconditional flow")
+            name = f"context in {where}"
+            context = check_data(_as_float_tensor(context, where), (self.context_size,), name)
+            context = context.to(self.device, self.dtype)
+        return Batch(x.to(self.device, self.dtype), context)
+
+
+def _as_float_tensor(value: Any, where: str) -> Tensor:
+    tensor = torch.as_tensor(value)
+    if not torch.is_floating_point(tensor):
+        raise ValueError(f"expected floating-point values in {where}, got dtype {tensor.dtype}")
+    return tensor
+
+
+def _maybe_fingerprint(value: Any) -> dict[str, Any] | None:
+    return None if value is None else fingerprint(value)
+
+
+def _table(
+    data: Any,
+    context: Any,
+    event_shape: tuple[int, ...],
+    context_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> _Table:
+    """The table for ``data`` of any kind, checked (shape, dtype, finiteness, context)."""
+    if isinstance(data, Dataset) and not isinstance(data, Tensor):
+        if context is not None:
+            raise ValueError("a Dataset carries its own context: make items (point, context)")
+        rows = np.arange(len(data))
+        return _DatasetTable(data, rows, _BatchConverter(event_shape, context_size, device, dtype))
+    origin = "array"
+    if isinstance(data, str | Path):
+        origin, data = str(data), open_npy(data)
+    if isinstance(data, np.memmap):
+        _check_array(data, event_shape, "data", origin)
+        c = None if context is None else _context_array(context, len(data), context_size)
+        if c is None and context_size:
+            _missing_context(context_size)
+        return _ArrayTable(data, c, np.arange(len(data)), device, dtype, origin)
+    x = _as_checked_tensor(data, event_shape, "data")
+    c = None
+    if context is not None or context_size:
+        if context is None:
+            _missing_context(context_size)
+        if not context_size:
+            raise ValueError(
+                "a context was given but the flow is unconditional (context_size=0); drop the "
+                "context or build the flow with context_size"
+            )
+        c = _as_checked_tensor(context, (context_size,), "context")
+        if len(c) != len(x):
+            raise ValueError(f"expected {len(x)} context rows to match the data, got {len(c)}")
+        c = c.to(device, dtype)
+    return _TensorTable(x.to(device, dtype), c, (data, context))
+
+
+def _missing_context(context_size: int) -> None:
+    raise ValueError(f"the flow is conditional: expected a context of shape (N, {context_size})")
+
+
+def _as_checked_tensor(data: Any, event_shape: tuple[int, ...], name: str) -> Tensor:
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind != "f":
+            raise ValueError(f"expected floating-point {name}, got dtype {data.dtype}")
+        data = torch.from_numpy(data)
+    return check_data(data, event_shape, name)
+
+
+def _check_array(array: np.ndarray, event_shape: tuple[int, ...], name: str, origin: str) -> None:
+    where = f"{name} in {origin}" if origin != "array" else name
+    if array.ndim != 1 + len(event_shape) or tuple(array.shape[1:]) != tuple(event_shape):
+        expected = ", ".join(["N", *(str(s) for s in event_shape)])
+        raise ValueError(f"expected {where} of shape ({expected}), got {tuple(array.shape)}")
+    check_finite_chunked(array, where)
+
+
+def _context_array(context: Any, n: int, context_size: int) -> np.ndarray:
+    if not context_size:
+        raise ValueError("a context was given but the flow is unconditional (context_size=0)")
+    array = context.detach().cpu().numpy() if isinstance(context, Tensor) else np.asarray(context)
+    if array.dtype.kind != "f":
+        raise ValueError(f"expected floating-point context, got dtype {array.dtype}")
+    if array.shape != (n, context_size):
+        raise ValueError(f"expected context of shape ({n}, {context_size}), got {array.shape}")
+    check_finite_chunked(array, "context")
+    return array
