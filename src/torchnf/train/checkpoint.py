@@ -240,16 +240,29 @@ def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Write ``target`` through ``write(temporary_path)`` and ``os.replace``. The temporary
-    file is created exclusively with mode 0o666, which the umask reduces as for any file."""
-    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    """Write ``target`` through ``write(temporary_path)`` and ``os.replace``. The file gets
+    the permissions ``open`` would give it (0o666 less the umask), whatever ``write`` does."""
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     try:
-        write(tmp)
+        write(str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, then restore
+    os.umask(mask)
+    return mask
 
 
 def _dtype_name(module: nn.Module) -> str | None:

@@ -153,8 +153,10 @@ class LoaderSource(DataSource):
 
     The loader's items are point tensors or ``(points, context)`` pairs. Each epoch calls
     ``loader.sampler.set_epoch(epoch)`` where the sampler has it (a ``DistributedSampler``);
-    a resumed run skips the batches of the epoch already seen, so a seeded loader resumes
-    exactly. Validation comes from ``val_loader`` (the split is the user's).
+    a resumed run starts at the epoch of its step and skips the batches of it already seen,
+    so a loader whose order is a function of the epoch (no shuffling, or a sampler with
+    ``set_epoch``) resumes exactly; a loader shuffled by a running generator continues with
+    a fresh order. Validation comes from ``val_loader`` (the split is the user's).
     """
 
     def __init__(
@@ -389,9 +391,9 @@ class _BatchConverter:
 
     def __call__(self, item: Any, where: str) -> Batch:
         if isinstance(item, tuple | list):
-            if len(item) != 2:
+            if len(item) not in (1, 2):
                 raise ValueError(f"{where}: expected points or (points, context), got {len(item)}")
-            x, context = item
+            x, context = item if len(item) == 2 else (item[0], None)
         else:
             x, context = item, None
         x = check_data(_as_float_tensor(x, where), self.event_shape, f"points in {where}")
