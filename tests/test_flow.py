@@ -10,6 +10,7 @@ import torch
 from torchnf import Chain, Flow
 from torchnf.core.registry import entries
 from torchnf.distributions import DiagonalNormal, GaussianMixture, StandardNormal, StudentT, Uniform
+from torchnf.distributions.base import BaseDistribution
 from torchnf.layers import ActNorm, AffineCoupling, LULinear, Reverse
 from torchnf.models import RealNVP
 
@@ -168,3 +169,86 @@ def test_module_apply_works_on_models_with_lu_and_qr_weights() -> None:
     chain = Chain(LULinear(3), QRLinear(3))
     chain.apply(lambda m: None)
     assert chain(torch.randn(2, 3))[0].shape == (2, 3)
+
+
+DTYPE_MISMATCH = {
+    "log_prob": lambda flow, x: flow.log_prob(x),
+    "forward": lambda flow, x: flow(x),
+    "inverse": lambda flow, x: flow.inverse(x),
+    "inverse_and_log_det": lambda flow, x: flow.inverse_and_log_det(x),
+    "initialize": lambda flow, x: flow.initialize(x),
+    "distribution": lambda flow, x: flow.distribution().log_prob(x),
+}
+
+
+@pytest.mark.parametrize("call", list(DTYPE_MISMATCH.values()), ids=list(DTYPE_MISMATCH))
+def test_float64_batch_into_a_float32_flow_is_refused_with_the_fix(call) -> None:
+    flow = RealNVP(2, n_layers=2, hidden_sizes=(8,))
+    message = (
+        r"expected [xy] of dtype torch.float32 like the flow's parameters, got torch.float64; "
+        r"cast with [xy]\.float\(\) or convert the flow with flow\.double\(\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        call(flow, torch.randn(3, 2, dtype=torch.float64))
+
+
+def test_float32_batch_into_a_float64_flow_is_refused_with_the_fix() -> None:
+    flow = RealNVP(2, n_layers=2, hidden_sizes=(8,)).double()
+    with pytest.raises(
+        ValueError, match=r"torch.float64 .* got torch.float32; cast with x\.double"
+    ):
+        flow.log_prob(torch.randn(3, 2))
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [Flow(Reverse(2), Uniform(2, low=-1.0, high=2.0).double()), Flow(Reverse(2)).double()],
+    ids=["float64-buffers", "converted"],
+)
+def test_flow_dtype_comes_from_buffers_without_parameters(flow) -> None:
+    assert flow.log_prob(torch.zeros(3, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_flow_without_floating_parameters_or_buffers_takes_any_dtype() -> None:
+    class Base(BaseDistribution):
+        def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+            return -0.5 * z.square().sum(-1)
+
+    flow = Flow(Reverse(2), Base(2))
+    assert not any(t.is_floating_point() for t in [*flow.parameters(), *flow.buffers()])
+    assert flow.log_prob(torch.zeros(3, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+UNCONDITIONAL_WITH_CONTEXT = {
+    "log_prob": lambda flow, c: flow.log_prob(torch.zeros(4, 2), c),
+    "forward": lambda flow, c: flow(torch.zeros(4, 2), c),
+    "inverse": lambda flow, c: flow.inverse(torch.zeros(4, 2), c),
+    "sample": lambda flow, c: flow.sample(3, c),
+    "sample_and_log_prob": lambda flow, c: flow.sample_and_log_prob((), c),
+    "distribution": lambda flow, c: flow.distribution(c).sample((2,)),
+}
+
+
+@pytest.mark.parametrize(
+    "call", list(UNCONDITIONAL_WITH_CONTEXT.values()), ids=list(UNCONDITIONAL_WITH_CONTEXT)
+)
+def test_context_given_to_an_unconditional_flow_is_refused(call) -> None:
+    flow = RealNVP(2, n_layers=2, hidden_sizes=(8,))
+    message = (
+        r"^the flow is unconditional \(context_size=0\) but a context was given; drop the "
+        r"context or build the flow with context_size=3$"
+    )
+    with pytest.raises(ValueError, match=message):
+        call(flow, torch.randn(4, 3))
+
+
+CONTEXT_DTYPE = {
+    "log_prob": lambda flow, c: flow.log_prob(torch.zeros(4, 2), c),
+    "sample": lambda flow, c: flow.sample(3, c),
+}
+
+
+@pytest.mark.parametrize("call", list(CONTEXT_DTYPE.values()), ids=list(CONTEXT_DTYPE))
+def test_float64_context_into_a_float32_flow_is_refused(call) -> None:
+    with pytest.raises(ValueError, match=r"expected context of dtype torch.float32 .* context\."):
+        call(_conditional_flow(), torch.randn(4, 3, dtype=torch.float64))

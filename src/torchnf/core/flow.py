@@ -6,8 +6,15 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from torchnf.core.bijector import Bijector
+from torchnf.core.bijector import Bijector, Shape
 from torchnf.distributions.base import BaseDistribution, StandardNormal
+
+_CAST = {
+    torch.float32: "float()",
+    torch.float64: "double()",
+    torch.float16: "half()",
+    torch.bfloat16: "bfloat16()",
+}
 
 
 class Flow(Bijector):
@@ -20,6 +27,11 @@ class Flow(Bijector):
     Shapes: ``x`` is ``(*batch, *event_shape)``; ``log_prob`` returns ``(*batch,)``;
     ``sample(n, context)`` with ``context`` of shape ``(*batch, context_size)`` returns
     ``(*n, *batch, *event_shape)``.
+
+    Inputs are checked statically (no device sync): besides the shape checks of every
+    bijector, ``x``, ``y`` and ``context`` must have the floating dtype of the flow's first
+    floating parameter (or buffer; a flow with neither takes any), and an unconditional flow
+    (``context_size=0``) refuses a context rather than ignoring it.
 
     Arguments:
         bijector: the map from data to latent space.
@@ -62,6 +74,39 @@ class Flow(Bijector):
         self.context_encoder = context_encoder
         self.domain = bijector.domain
 
+    def _check(self, x: Tensor, context: Tensor | None, shape: Shape, name: str) -> Tensor | None:
+        checked = super()._check(x, context, shape, name)
+        self._check_context_given(context)
+        self._check_dtype(x, name)
+        if checked is not None:
+            self._check_dtype(checked, "context")
+        return checked
+
+    def _check_context_given(self, context: Tensor | None) -> None:
+        if context is not None and self.context_size == 0:
+            size = context.shape[-1] if isinstance(context, Tensor) and context.dim() else "..."
+            raise ValueError(
+                "the flow is unconditional (context_size=0) but a context was given; drop the "
+                f"context or build the flow with context_size={size}"
+            )
+
+    def _dtype(self) -> torch.dtype | None:
+        """The dtype of the first floating parameter, else buffer (O(1) per call)."""
+        for tensors in (self.parameters(), self.buffers()):
+            first = next((t for t in tensors if t.is_floating_point()), None)
+            if first is not None:
+                return first.dtype
+        return None
+
+    def _check_dtype(self, x: Tensor, name: str) -> None:
+        dtype = self._dtype()
+        if dtype is not None and x.dtype != dtype:
+            raise ValueError(
+                f"expected {name} of dtype {dtype} like the flow's parameters, got {x.dtype}; "
+                f"cast with {name}.{_CAST.get(dtype, f'to({dtype})')} or convert the flow "
+                f"with flow.{_CAST.get(x.dtype, f'to({x.dtype})')}"
+            )
+
     def _encode(self, context: Tensor | None) -> Tensor | None:
         if context is None or self.context_encoder is None:
             return context
@@ -96,6 +141,7 @@ class Flow(Bijector):
         the log-density returned is the flow's own at the samples.
         """
         shape = (n,) if isinstance(n, int) else tuple(n)
+        self._check_context_given(context)
         if self.context_size:
             if context is None:
                 raise ValueError(
@@ -107,6 +153,7 @@ class Flow(Bijector):
                     f"expected a floating-point context of shape (..., {self.context_size}), "
                     f"got {tuple(context.shape)} of dtype {context.dtype}"
                 )
+            self._check_dtype(context, "context")
             encoded = self._encode(context)
             batch = tuple(context.shape[:-1])
             encoded = encoded.expand(*shape, *encoded.shape)
