@@ -13,9 +13,11 @@ import torch
 
 import torchnf
 from torchnf import cli
+from torchnf.train.checkpoint import load_training_state
 
 SMALL = ["--steps", "30", "--n-points", "1500", "--n-layers", "2", "--hidden-sizes", "16"]
 SMALL += ["--log-every", "10", "--quiet"]
+COMMANDS = ["train", "sample", "evaluate", "check", "bench", "trace"]
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +30,13 @@ def run(tmp_path_factory):
 
 def test_train_writes_the_run(run):
     names = {p.name for p in run.iterdir()}
-    assert names >= {"model.safetensors", "config.json", "training_state.pt", "metrics.jsonl"}
+    assert names >= {"model.safetensors", "config.json", "metrics.jsonl"}
     assert names >= {"loss.png", "density.png", "samples.png"}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30]
     info = json.loads((run / "config.json").read_text())
-    assert (info["model"], info["data"], info["step"]) == ("RealNVP", "moons", 30)
+    assert (info["model"], info["data"]) == ("RealNVP", "moons")
+    assert load_training_state(run)["step"] == 30
     assert info["config"]["n_layers"] == 2 and info["config"]["hidden_sizes"] == [16]
     assert torchnf.load(run).config == info["config"]
 
@@ -76,10 +79,10 @@ def test_help_runs_as_a_module():
         [sys.executable, "-m", "torchnf", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0
-    assert all(word in result.stdout for word in ("train", "sample", "evaluate"))
+    assert all(word in result.stdout for word in COMMANDS)
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+@pytest.mark.parametrize("command", COMMANDS, ids=COMMANDS)
 def test_help_explains_every_option(command):
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
@@ -112,13 +115,13 @@ ERRORS = {
     "bad-output": r"s.txt: expected a .npy, .csv or .png output file",
     "corrupt-run": "model.safetensors: corrupt checkpoint weights",
     "wrong-dimension": r"expected data in .*three.npy of shape \(N, 2\), got \(4, 3\)",
-    "nan-data": "nan.csv: expected finite data, found NaN at row 1",
+    "nan-data": r"nan\.csv: .*finite",
     "bad-device": "expected --device cpu, cuda or cuda:N, got 'gpu'",
     "missing-gpu": r"--device cuda:7: (CUDA is not available here|this machine has \d+ CUDA)",
 }
 
 
-@pytest.mark.parametrize("name", list(ERRORS))
+@pytest.mark.parametrize("name", list(ERRORS), ids=list(ERRORS))
 def test_errors_are_one_line(run, tmp_path, capsys, name):
     (tmp_path / "corrupt").mkdir()
     for file in ("config.json", "model.safetensors"):

@@ -1,5 +1,11 @@
-"""torchnf: normalizing flows in PyTorch, provably correct and fast."""
+"""torchnf: normalizing flows in PyTorch, provably correct and fast.
 
+Importing any ``torchnf`` module runs this file first, which imports :mod:`torchnf.layers`
+and :mod:`torchnf.models`: every ``@register`` decorator has run, and the registry
+(:mod:`torchnf.core.registry`) is complete, without ``core`` importing upward.
+"""
+
+from torchnf import layers, models  # noqa: F401  (fills the registry)
 from torchnf.core import Bijector, Chain, Flow, FlowDistribution, Inverse
 from torchnf.train import fit, load, nll, save
 

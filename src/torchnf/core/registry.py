@@ -4,6 +4,11 @@ Each public bijector class registers itself with a factory of a *small example i
 which the contract test (``tests/test_contract.py``) and ``torchnf check`` run. Models also
 record the arguments they were built with (``model.config``), so a checkpoint can rebuild
 them with :func:`build`.
+
+The registry is complete whenever any ``torchnf`` module has been imported: importing
+``torchnf.core.registry`` imports the package ``torchnf`` first, and ``torchnf/__init__.py``
+imports :mod:`torchnf.layers` and :mod:`torchnf.models`, whose decorators fill it. This module
+imports nothing above ``core``.
 """
 
 from __future__ import annotations
@@ -85,7 +90,6 @@ def _record_config(cls: type) -> None:
 
 def entries(kind: str | None = None) -> list[Entry]:
     """All registered entries (of one ``kind`` if given), sorted by name."""
-    _load_all()
     return sorted(
         (e for e in REGISTRY.values() if kind is None or e.kind == kind), key=lambda e: e.name
     )
@@ -93,7 +97,6 @@ def entries(kind: str | None = None) -> list[Entry]:
 
 def get(name: str) -> Entry:
     """The entry named ``name`` (case-insensitive); ``ValueError`` listing the names otherwise."""
-    _load_all()
     for entry in REGISTRY.values():
         if entry.name.lower() == name.lower():
             return entry
@@ -104,9 +107,3 @@ def build(name: str, config: dict[str, Any]) -> Bijector:
     """Rebuild a registered model from its recorded ``config``."""
     entry = get(name)
     return entry.cls(**config)
-
-
-def _load_all() -> None:
-    # Importing the packages runs every @register decorator.
-    import torchnf.layers  # noqa: F401
-    import torchnf.models  # noqa: F401
