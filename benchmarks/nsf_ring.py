@@ -16,7 +16,7 @@ import torch
 from torchnf import fit
 from torchnf.data import get_target
 from torchnf.diagnostics import kl_divergence, trace
-from torchnf.diagnostics.commands import plot_trace, trace_labels
+from torchnf.cli.trace import plot_trace, trace_labels
 from torchnf.models import NSF
 
 

@@ -12,7 +12,7 @@ import torchnf
 from torchnf.data import get_target
 from torchnf.layers import ActNorm
 from torchnf.models import RealNVP
-from torchnf.train.loop import _needs_initialize
+from torchnf.train.loop import needs_initialize
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +62,11 @@ def test_fit_writes_json_lines_and_history(moons, tmp_path):
 
 def test_fit_initializes_actnorm_once_on_the_first_batch(moons):
     flow = small_flow()
-    assert _needs_initialize(flow)
+    assert needs_initialize(flow)
     torchnf.fit(flow, moons, steps=1, lr=0.0, progress=False)
     actnorm = flow.bijector[0]
     assert isinstance(actnorm, ActNorm) and bool(actnorm.initialized)
-    assert not _needs_initialize(flow)
+    assert not needs_initialize(flow)
     loc = actnorm.loc.detach().clone()
     torchnf.fit(flow, moons + 100.0, steps=1, lr=0.0, progress=False)  # not re-initialized
     assert torch.equal(actnorm.loc, loc)

@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from torchnf.cli import bench, check, evaluate, sample, trace, train
 from torchnf.cli.common import build_model, resolve_data, resolve_device
+from torchnf.train.loop import Interrupted
 
 SUBCOMMANDS = (train, sample, evaluate, check, bench, trace)
 
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 on success, 1 when the command fails or refuses its input, 2 for
-        a bad option (or none given), 130 when interrupted.
+        a bad option (or none given), 128 + the signal's number when interrupted (130 for
+        Ctrl-C, 143 for SIGTERM).
     """
     parser = build_parser()
     try:
@@ -57,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"torchnf {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
         return 1
+    except Interrupted as stop:  # SIGINT or SIGTERM during training, checkpoint written
+        print(f"torchnf {args.command}: {stop}{_resume_hint(stop)}", file=sys.stderr)
+        return 128 + stop.signal_number
     except KeyboardInterrupt:
         print(f"torchnf {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -81,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)
     return parser
+
+
+def _resume_hint(stop: Interrupted) -> str:
+    if stop.run is None:
+        return ""
+    if stop.run.dir == stop.run.path:
+        return "; continue it with --resume"
+    return (
+        f"; the earlier run in {stop.run.path} is intact; continue this one with "
+        f"--name {stop.run.dir.name} --resume"
+    )
 
 
 def _one_line(message: str) -> str:

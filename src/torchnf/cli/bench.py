@@ -25,7 +25,7 @@ from torchnf.cli.common import (
 from torchnf.core import registry
 from torchnf.data.targets import TARGETS, get_target
 from torchnf.diagnostics.kl import KLEstimate, kl_divergence
-from torchnf.train.loop import fit
+from torchnf.train.fit import fit
 
 #: The fraction of each target's points that ``fit`` holds out for validation here.
 VAL_FRACTION = 0.1

@@ -9,11 +9,12 @@ The run folder holds the checkpoint (``model.safetensors``, with the optimizer s
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,11 +36,17 @@ from torchnf.cli.common import (
 from torchnf.core import registry
 from torchnf.core.flow import Flow
 from torchnf.data.images import load_images, save_image_grid
+from torchnf.data.loaders import data_warnings, open_npy
 from torchnf.data.targets import TARGETS
 from torchnf.diagnostics.bits import bits_per_dim
 from torchnf.layers.preprocessing import dequantize
 from torchnf.train import distributed
-from torchnf.train.loop import COMPILE_MODES, fit
+from torchnf.train.fit import fit
+from torchnf.train.loop import COMPILE_MODES
+from torchnf.train.run import RunFolder
+
+#: Points of a memory-mapped data set shown in the plots (the first ones).
+PLOTTED_POINTS = 20000
 
 #: Built-in data sets tried in order when ``--data`` is not given.
 DEFAULT_DATA = ("moons", "ring")
@@ -66,7 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=nonempty_str,
         default=None,
         help=f"a built-in data set ({', '.join(sorted(TARGETS)) or 'none loaded'}), a .npy/.csv "
-        f"file of points, one per row, or images: 'digits' or an MNIST path (IDX, .gz, .npz or "
+        f"file of points, one per row (a .npy file is memory-mapped: each step reads its rows, so "
+        f"it may be larger than memory), or images: 'digits' or an MNIST path (IDX, .gz, .npz or "
         f"a directory); images are dequantized, --n-points of them "
         f"(default: the first available of {', '.join(DEFAULT_DATA)})",
     )
@@ -133,10 +141,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint-every",
         type=positive_int,
         default=None,
-        help="steps between checkpoints (and the end)",
+        help="steps between checkpoints (a checkpoint is also written at the end, every "
+        "--checkpoint-minutes, and on Ctrl-C or SIGTERM)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue from the run's checkpoint if it has one"
+        "--checkpoint-minutes",
+        type=positive_float,
+        default=10.0,
+        help="minutes of training between checkpoints",
+    )
+    runs = p.add_mutually_exclusive_group()
+    runs.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run OUT/NAME from its checkpoint (the same model, config and data, "
+        "or it refuses)",
+    )
+    runs.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT/NAME; the earlier run stays until the new one completes",
+    )
+    p.add_argument(
+        "--patience",
+        type=positive_int,
+        default=None,
+        help="stop when the validation NLL has not improved for this many log intervals, and "
+        "keep the best validation weights (default: train all steps, keep the last)",
+    )
+    p.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="integer-valued data: add uniform noise in [0, 1) to each point at each step, so "
+        "the flow fits a density; its NLL bounds the discrete NLL from above (unit bins)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
@@ -179,62 +216,84 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     models = [e.name for e in registry.entries("model")]
     model_name = model_entry(args.model or first_available(DEFAULT_MODELS, models, "model")).name
     images = load_images(data_name, "train")
-    if images is None:
-        data, n_values = resolve_data(data_name, args.n_points, args.seed), None
-    else:  # several dequantized copies of the discrete training images
+    if images is not None:  # several dequantized copies of the discrete training images
+        if args.dequantize:
+            raise ValueError("--dequantize is for integer-valued points; images always are")
         pixels, n_values = images
         copies = max(1, math.ceil(args.n_points / len(pixels)))
         data = dequantize(pixels, torch.Generator().manual_seed(args.seed), copies)
+    elif Path(data_name).suffix.lower() == ".npy":
+        data, n_values = open_npy(data_name), None  # memory-mapped, read batch by batch
+    else:
+        data, n_values = resolve_data(data_name, args.n_points, args.seed), None
     check_batch_size(len(data), args.val_fraction, args.batch_size)
-    torch.manual_seed(args.seed)
-    if args.threads is not None or data.shape[1:].numel() <= 100:
-        torch.set_num_threads(args.threads or 1)
-    flow = build_model(model_name, data.shape[1:], args, n_values)
-    run = Path(args.out) / (args.name or f"{Path(data_name).stem}-{model_name}".lower())
     main_rank = distributed.rank() == 0
-    if main_rank:
-        run.mkdir(parents=True, exist_ok=True)
-    tic = time.perf_counter()
-    fit(
-        flow,
-        data,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        clip_grad=args.clip_grad,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        log_every=min(args.log_every, args.steps),
-        progress=not args.quiet,
-        log_path=run / "metrics.jsonl",
-        checkpoint_dir=run,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        device=device,
-        compile=args.compile,
-        conditioner_dtype=getattr(torch, args.conditioner_dtype)
-        if args.conditioner_dtype
-        else None,
-        metadata={
-            "data": data_name,
-            "input_size": data.shape[1:].numel(),
-            "seed": args.seed,
-            "n_values": n_values,
-        },
+    if images is None:
+        warnings = data_warnings(data)
+        integers = any(w.startswith("all values are integers") for w in warnings)
+        if args.dequantize and not integers:
+            raise ValueError(f"--dequantize needs integer-valued data; {data_name} has fractions")
+        for warning in warnings if main_rank else ():
+            if not (args.dequantize and warning.startswith("all values are integers")):
+                print(f"torchnf train: warning: {warning}", file=sys.stderr)
+    torch.manual_seed(args.seed)
+    features = math.prod(data.shape[1:])
+    if args.threads is not None or features <= 100:
+        torch.set_num_threads(args.threads or 1)
+    flow = build_model(model_name, torch.Size(data.shape[1:]), args, n_values)
+    name = args.name or f"{Path(data_name).stem}-{model_name}".lower()
+    folder = RunFolder(
+        Path(args.out) / name, resume=args.resume, overwrite=args.overwrite, main=main_rank
     )
-    if not main_rank:
-        return
-    # The whole run's records, those before a resume included.
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    plots = [] if args.no_plots else write_plots(flow, data, records, run, args.seed, n_values)
+    tic = time.perf_counter()
+    with folder:
+        fit(
+            flow,
+            data,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            clip_grad=args.clip_grad,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            log_every=min(args.log_every, args.steps),
+            progress=not args.quiet,
+            run=folder,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_minutes=args.checkpoint_minutes,
+            patience=args.patience,
+            dequantize=args.dequantize,
+            device=device,
+            compile=args.compile,
+            conditioner_dtype=getattr(torch, args.conditioner_dtype)
+            if args.conditioner_dtype
+            else None,
+            metadata={
+                "data": data_name,
+                "input_size": features,
+                "seed": args.seed,
+                "n_values": n_values,
+            },
+        )
+        if not main_rank:
+            return
+        records = folder.records()  # the whole run's, those before a resume included
+        shown = (
+            data if isinstance(data, Tensor) else torch.from_numpy(np.array(data[:PLOTTED_POINTS]))
+        )
+        plots = (
+            []
+            if args.no_plots
+            else write_plots(flow, shown, records, folder.dir, args.seed, n_values)
+        )
     if not args.quiet:
         last = records[-1] if records else {}
         nll = last.get("val_nll", last.get("train_nll", float("nan")))
-        dims = data.shape[1:].numel()
+        bound = " (an upper bound on the discrete NLL)" if args.dequantize else ""
         print(
-            f"{model_name} on {data_name}: NLL {nll:.4f} nats "
-            f"({nll / dims:.4f} per dimension) after {args.steps} steps in "
-            f"{time.perf_counter() - tic:.0f} s; wrote {run}/ "
+            f"{model_name} on {data_name}: NLL {nll:.4f} nats{bound} "
+            f"({nll / features:.4f} per dimension) after step {last.get('step', 0)} in "
+            f"{time.perf_counter() - tic:.0f} s; wrote {folder.path}/ "
             f"(model.safetensors, config.json, metrics.jsonl"
             + "".join(f", {p.name}" for p in plots)
             + ")"

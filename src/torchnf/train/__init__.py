@@ -2,8 +2,9 @@
 or DDP), and checkpoints."""
 
 from torchnf.train.checkpoint import load, save
+from torchnf.train.fit import fit
 from torchnf.train.hooks import History, Hook
-from torchnf.train.loop import Interrupted, evaluate_nll, fit
+from torchnf.train.loop import Interrupted, evaluate_nll
 from torchnf.train.objectives import nll
 from torchnf.train.run import RunFolder
 

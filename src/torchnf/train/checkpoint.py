@@ -42,6 +42,29 @@ TRAINING_PREFIX = "__training__."
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
+def _count(v: Any, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+#: What :func:`read_config` accepts for each field of ``config.json`` it knows (the library's
+#: and the command's), as (what is expected, test).
+FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "model": ("a registered model name or null", lambda v: v is None or isinstance(v, str)),
+    "class": ("a class name", lambda v: isinstance(v, str)),
+    "config": (
+        "an object of constructor arguments or null",
+        lambda v: v is None or isinstance(v, dict),
+    ),
+    "dtype": (f"one of {DTYPES} or null", lambda v: v is None or v in DTYPES),
+    "data": ("a data set name or file, or null", lambda v: v is None or isinstance(v, str)),
+    "input_size": ("a positive integer", lambda v: _count(v, 1)),
+    "seed": ("a non-negative integer", _count),
+    "step": ("a non-negative integer", _count),
+    "n_values": ("a positive integer or null", lambda v: v is None or _count(v, 1)),
+    "data_fingerprint": ("an object or null", lambda v: v is None or isinstance(v, dict)),
+}
+
+
 def save(
     flow: nn.Module,
     path: str | Path,
@@ -178,17 +201,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{file}: corrupt checkpoint config ({error})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ValueError(f"{file}: not a torchnf checkpoint config (no 'format': '{FORMAT}')")
-    for key, expected, ok in (
-        ("model", "a registered model name or null", lambda v: v is None or isinstance(v, str)),
-        (
-            "config",
-            "an object of constructor arguments or null",
-            lambda v: v is None or isinstance(v, dict),
-        ),
-        ("dtype", f"one of {DTYPES} or null", lambda v: v is None or v in DTYPES),
-    ):
-        if not ok(info.get(key)):
-            raise ValueError(f"{file}: expected {key!r} to be {expected}, got {info.get(key)!r}")
+    for key, (expected, ok) in FIELDS.items():
+        if key in info and not ok(info[key]):
+            raise ValueError(f"{file}: expected {key!r} to be {expected}, got {info[key]!r}")
     if (info.get("model") is None) != (info.get("config") is None):
         raise ValueError(f"{file}: expected 'model' and 'config' both set or both null")
     return info

@@ -166,7 +166,8 @@ class RunFolder:
             return 0
         saved = read_config(self.path)
         _check_same_run(self.path, saved, save_config(flow, None, metadata))
-        load(self.path, model=flow, device=_device_of(flow))
+        device = next((t.device for t in (*flow.parameters(), *flow.buffers())), None)
+        load(self.path, model=flow, device=device)
         state = load_training_state(self.path)
         step = int(state["step"])
         self.checkpoint_step = step
@@ -241,9 +242,3 @@ def _first_difference(saved: Any, current: Any, where: str = "") -> str:
 
 def _holds_run(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in (CONFIG, WEIGHTS, METRICS))
-
-
-def _device_of(module: nn.Module):
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return "cpu"

@@ -29,7 +29,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from torchnf.data.loaders import check_data, check_finite_chunked, fingerprint, open_npy
+from torchnf.data.loaders import (
+    check_data,
+    check_finite_chunked,
+    dequantize_integers,
+    fingerprint,
+    open_npy,
+)
 from torchnf.train.objectives import Batch
 
 #: Rows read at once for validation (and by :func:`evaluate_rows`).
@@ -80,6 +86,9 @@ class RowSource(DataSource):
         device: where batches go.
         dtype: the floating dtype batches are cast to (the flow's).
         rank: this process's rank; world: the number of processes.
+        dequantize: the points are integers: add fresh uniform noise in ``[0, 1)`` to every
+            batch (:func:`~torchnf.data.loaders.dequantize_integers`; seeded by the step, so a
+            resumed run draws the same noise), and to the validation points (fixed noise).
     """
 
     def __init__(
@@ -96,6 +105,7 @@ class RowSource(DataSource):
         dtype: torch.dtype,
         rank: int = 0,
         world: int = 1,
+        dequantize: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"expected batch_size >= 1, got {batch_size}")
@@ -119,6 +129,7 @@ class RowSource(DataSource):
         self.steps_per_epoch = len(train_rows) // batch_size
         self.has_validation = n_val > 0
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.dequantize = dequantize
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def _global_rows(self, step: int) -> Tensor:
@@ -133,16 +144,23 @@ class RowSource(DataSource):
     def batch(self, step: int) -> Batch:
         local = self.batch_size // self.world
         rows = self._global_rows(step)[self.rank * local : (self.rank + 1) * local]
-        return self._train.take(rows)
+        return self._noisy(self._train.take(rows), step)
 
     def first_batch(self) -> Batch:
-        return self._train.take(self._global_rows(0))
+        return self._noisy(self._train.take(self._global_rows(0)), 0)
 
     def validation(self) -> Iterator[Batch]:
-        for start in range(0, len(self._val_rows), VALIDATION_ROWS):
-            yield self._table.take(
-                self._table.index(self._val_rows[start : start + VALIDATION_ROWS])
-            )
+        for k, start in enumerate(range(0, len(self._val_rows), VALIDATION_ROWS)):
+            rows = self._table.index(self._val_rows[start : start + VALIDATION_ROWS])
+            yield self._noisy(self._table.take(rows), -1 - k)
+
+    def _noisy(self, batch: Batch, stream: int) -> Batch:
+        """``batch`` dequantized with noise seeded by (seed, stream), when asked for."""
+        if not self.dequantize:
+            return batch
+        seed = int(np.random.SeedSequence([self.seed, 1, stream + 2**31]).generate_state(1)[0])
+        noisy = dequantize_integers(batch.x, torch.Generator().manual_seed(seed))
+        return Batch(noisy, batch.context)
 
     def fingerprint(self) -> dict[str, Any]:
         return self._table.fingerprint()
@@ -225,12 +243,17 @@ def make_source(
     dtype: torch.dtype,
     rank: int = 0,
     world: int = 1,
+    dequantize: bool = False,
 ) -> DataSource:
     """The source for ``data`` of any supported kind (see :class:`RowSource`,
     :class:`LoaderSource`); ``val_data`` is a validation ``DataLoader`` for a loader."""
     if isinstance(data, DataLoader):
         if context is not None:
             raise ValueError("a DataLoader carries its own context: yield (points, context)")
+        if dequantize:
+            raise ValueError(
+                "dequantize is for rows of data; dequantize in the DataLoader's dataset"
+            )
         if val_data is not None and not isinstance(val_data, DataLoader):
             raise ValueError(f"expected val_data to be a DataLoader, got {type(val_data).__name__}")
         return LoaderSource(
@@ -255,6 +278,7 @@ def make_source(
         dtype=dtype,
         rank=rank,
         world=world,
+        dequantize=dequantize,
     )
 
 
@@ -328,13 +352,18 @@ class _ArrayTable(_Table):
         return len(self.rows)
 
     def take(self, rows: Tensor) -> Batch:
-        selected = np.sort(self.rows[rows.numpy()])
-        x = torch.from_numpy(np.ascontiguousarray(self.array[selected]))
-        x = x.to(self.device, self.dtype, non_blocking=True)
-        if self.context is None:
-            return Batch(x)
-        c = torch.from_numpy(np.ascontiguousarray(self.context[selected]))
-        return Batch(x, c.to(self.device, self.dtype, non_blocking=True))
+        wanted = self.rows[rows.numpy()]
+        order = np.argsort(wanted, kind="stable")  # read in file order, return in batch order
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        x = self._read(self.array, wanted[order], back)
+        return Batch(
+            x, None if self.context is None else self._read(self.context, wanted[order], back)
+        )
+
+    def _read(self, array: np.ndarray, file_rows: np.ndarray, back: np.ndarray) -> Tensor:
+        values = torch.from_numpy(np.ascontiguousarray(array[file_rows][back]))
+        return values.to(self.device, self.dtype, non_blocking=True)
 
     def restrict(self, rows: Tensor) -> _ArrayTable:
         return _ArrayTable(
