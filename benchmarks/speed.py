@@ -7,7 +7,10 @@ alternating, so both see the same load on a shared machine. A training step is w
 does (NLL forward and backward, gradient clipping, fused Adam); compiled mode runs the NLL through
 :func:`torch.compile` as ``fit(..., compile=True)`` does, and sampling through
 ``torch.compile(flow.sample)``. Each time is the median of ``--repeats`` calls after warm-up
-(compilation is excluded, and reported apart). Same seed everywhere; CPU, one thread by default.
+(compilation is excluded, and reported apart). The last column is a step of ``torchnf.fit``
+itself (its loop, hooks and data source included, no validation): the slope of its wall time
+between 10 and 30 steps, so its fixed costs (checks, initialization) drop out; it should equal
+the bare step. Same seed everywhere; CPU, one thread by default.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ def measure(model: str, mode: str, batch: int, dim: int, repeats: int) -> dict[s
     """Time one model in one mode in this process (the ``torchnf`` on ``sys.path``)."""
     import torch
 
+    import torchnf
+    from torchnf import nll
     from torchnf.models import MAF, NSF, RealNVP
-    from torchnf.train.losses import nll
 
     torch.manual_seed(0)
     flow = {"MAF": MAF, "NSF": NSF, "RealNVP": RealNVP}[model](dim)
@@ -63,6 +67,17 @@ def measure(model: str, mode: str, batch: int, dim: int, repeats: int) -> dict[s
             fn()
             times.append(time.perf_counter() - tic)
         out[f"{name}_ms"] = 1e3 * sorted(times)[len(times) // 2]
+    if mode == "eager":
+        data = torch.randn(8 * batch, dim)
+
+        def fit(steps: int) -> float:
+            tic = time.perf_counter()
+            options = dict(batch_size=batch, val_fraction=0.0, progress=False, log_every=steps)
+            torchnf.fit(flow, data, steps=steps, lr=1e-4, **options)
+            return time.perf_counter() - tic
+
+        slopes = sorted((fit(30) - fit(10)) / 20 for _ in range(max(1, repeats // 2)))
+        out["fit_ms"] = 1e3 * slopes[len(slopes) // 2]
     return out
 
 
@@ -99,18 +114,21 @@ def main() -> None:
             f"batch {args.batch}, D = {args.dim}, default sizes (5 layers, hidden (128, 128)), "
             f"{args.threads} thread(s); median of {args.repeats} calls, ms"
         )
-        header = "| model | mode | tree | train step (ms) | sample (ms) | compile (s) |"
+        header = (
+            "| model | mode | tree | train step (ms) | sample (ms) | compile (s) | fit step (ms) |"
+        )
         print(header)
-        print("|" + "---|" * 6)
+        print("|" + "---|" * 7)
         for model in args.models:
             for mode in args.modes:
                 for tree, src in trees.items():
                     r = run_child(src, model, mode, args)
                     first = r["train_first_s"] + r["sample_first_s"]
                     compile_s = f"{first:.0f}" if mode == "compiled" else "-"
+                    fit_ms = f"{r['fit_ms']:.1f}" if "fit_ms" in r else "-"
                     print(
                         f"| {model} | {mode} | {tree} | {r['train_ms']:.1f} | "
-                        f"{r['sample_ms']:.1f} | {compile_s} |",
+                        f"{r['sample_ms']:.1f} | {compile_s} | {fit_ms} |",
                         flush=True,
                     )
 
