@@ -209,7 +209,9 @@ class Checkpointing(Hook):
             self.save(state)
 
     def save(self, state: TrainingState) -> None:
-        """Write the checkpoint of ``state.step`` now."""
+        """Write the checkpoint of ``state.step`` now (rank 0 only)."""
+        if not self.run.main:
+            return
         training = {
             "optimizer": state.optimizer.state_dict(),
             "hooks": {h.name: h.state_dict() for h in self.hooks if h.name is not None},

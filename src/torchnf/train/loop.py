@@ -1,9 +1,9 @@
-"""The training loop, and ``fit(flow, data, ...)``, the one-call facade over its parts.
+"""The training loop, which :func:`torchnf.fit` (:mod:`torchnf.train.fit`) runs.
 
 :func:`train` is the loop: it knows no job, only an objective (``objective(flow, batch)``,
 :mod:`torchnf.train.objectives`), a data source (:mod:`torchnf.train.sources`), an optimizer
 and hooks (:mod:`torchnf.train.hooks`: progress, metrics, checkpoints in a run folder, the
-learning-rate schedule, early stopping). :func:`fit` assembles them from keyword arguments.
+learning-rate schedule, early stopping). ``fit`` assembles them from keyword arguments.
 
 One process, or one of several under ``torchrun`` (DistributedDataParallel): every rank draws
 the same seeded global batch and takes its own slice of it, so N processes with a global batch
