@@ -224,60 +224,125 @@ class Householder(Bijector):
         return y, y.new_zeros(y.shape[:-1])
 
 
+_PHI_1 = 0.8413447460685429  # P(N(0, 1) < 1)
+_CLIP = 5.0  # ActNorm's initialization winsorizes at this many robust scales from the median
+
+
+def _quantile(ordered: Tensor, p: float) -> Tensor:
+    """The ``p``-quantile of each column of the column-sorted ``ordered (M, C)``, interpolated."""
+    pos = p * (len(ordered) - 1)
+    lo = math.floor(pos)
+    return torch.lerp(ordered[lo], ordered[min(lo + 1, len(ordered) - 1)], pos - lo)
+
+
+def _robust_center_scale(v: Tensor, eps: float | None) -> tuple[Tensor, Tensor]:
+    """Per-column center and scale ``(C,)`` of ``v (M, C)`` as :class:`ActNorm` describes."""
+    ordered = v.sort(dim=0).values  # no size limit, unlike torch.quantile
+    median = _quantile(ordered, 0.5)
+    spread = (_quantile(ordered, _PHI_1) - _quantile(ordered, 1 - _PHI_1)) / 2
+    spread = torch.where(spread > 0, spread, v.std(0, correction=0))
+    clipped = v.clamp(median - _CLIP * spread, median + _CLIP * spread)
+    center, scale = clipped.mean(0), clipped.std(0, correction=int(len(v) > 1))
+    rel = torch.finfo(v.dtype).eps if eps is None else eps
+    scale = torch.maximum(scale, rel * center.abs())
+    return center, torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
 @register("layer", example=lambda context_size: ActNorm(3))
 class ActNorm(Bijector):
-    r"""Activation normalization ``y = f(x) = (x - \mu) e^{-s}``, per feature or per channel.
+    r"""Activation normalization ``y = f(x) = ((x - m) / s - b) e^{-a}``, per feature or channel.
 
-    For vector events ``(D,)`` there is one ``(\mu, s)`` per feature; for image events
-    ``(C, H, W)`` one per channel, shared over pixels. :math:`\log|\det| = -n \sum s` with
-    ``n`` the number of pixels (1 for vectors). ``initialize(x)`` sets ``\mu`` and ``e^s``
-    to the mean and standard deviation of the batch, so the output is standardized; the
-    flag ``initialized`` is saved with the weights.
+    ``m`` (``center``) and ``s > 0`` (``scale``) are buffers set by :meth:`initialize` from
+    a batch; ``b`` (``loc``) and ``a`` (``log_scale``) are the learned parameters, zero after
+    initialization. They live in standardized units, so they are O(1) and Adam's steps mean
+    the same whatever the location and scale of the data (1e-8 or 1e8 alike), while the
+    output of a fresh initialization is standardized. Before initialization the layer is the
+    identity (``m = 0``, ``s = 1``).
+
+    For vector events ``(D,)`` there is one ``(m, s, b, a)`` per feature; for image events
+    ``(C, H, W)`` one per channel, shared over the ``n = H W`` pixels (``n = 1`` for vectors).
+    :math:`\log|\det| = -n \sum_i (\log s_i + a_i)`, exact; the inverse
+    ``x = m + s (y e^{a} + b)`` is exact too.
+
+    Initialization is robust to a few gross outliers (in the initialization batch too) and
+    agrees with the mean and standard deviation on clean data. Each feature (each channel's
+    values over the batch and pixels) is winsorized at :math:`\mathrm{median} \pm 5 r`, with
+    ``r`` half the width of its central 68.27% interval, :math:`(q_{84.13\%} - q_{15.87\%}) / 2`
+    (the standard deviation for Gaussian data, barely moved by outliers while they are under
+    15.87% of the batch per tail); ``m`` and ``s`` are the mean and standard deviation of the
+    winsorized values. So the bulk of the data gets unit standard deviation and outliers stay
+    far out, each counting as a point at ``5 r``: with plain statistics one outlier at 1000
+    standard deviations in a batch of 256 makes ``s`` 60 times too large, crushing every other
+    point towards 0. Unlike a median and interquartile range, this leaves clean skewed or
+    multimodal data standardized as by the mean and standard deviation, which trains faster.
+    Where ``r`` is 0 (over 68% of a feature is one value, e.g. a discrete feature) the standard
+    deviation replaces it. The relative lower bound ``s >= eps |m|`` stops rounding noise from
+    being amplified and never swamps data of a tiny scale (an absolute bound would at 1e-8); a
+    feature that is 0 everywhere gets ``s = 1``. The buffers and the flag ``initialized`` are
+    saved with the weights.
 
     Shapes: ``x``, ``y`` are ``(*batch, *event_shape)``, ``log_det`` is ``(*batch,)``.
 
     Arguments:
         event_shape: ``D`` or ``(C, H, W)``.
-        eps: lower bound on the initial standard deviation.
+        eps: relative lower bound on the initial scale, as a fraction of ``|m|``
+            (default: the machine epsilon of the batch's dtype, about 1.2e-7 in float32).
 
     References:
         Glow: Generative Flow with Invertible 1x1 Convolutions (Kingma & Dhariwal, 2018,
-        arXiv:1807.03039).
+        arXiv:1807.03039), which initializes with the mean and standard deviation instead.
 
     Example:
         >>> layer = ActNorm(2)
-        >>> x = torch.randn(100, 2) * 10 + 5
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = 3e-8 + 1e-8 * torch.randn(1000, 2, generator=g)  # data of scale 1e-8
+        >>> x[0] = 1.0  # and a gross outlier
         >>> y = layer.initialize(x)
-        >>> torch.allclose(y.mean(0), torch.zeros(2), atol=1e-5)
+        >>> torch.allclose(y[1:].std(0), torch.ones(2), atol=0.02)  # the bulk is standardized
+        True
+        >>> torch.allclose(layer.inverse(y), x, rtol=1e-5, atol=0)
         True
     """
 
-    def __init__(self, event_shape: Shape | int, eps: float = 1e-6) -> None:
+    def __init__(self, event_shape: Shape | int, eps: float | None = None) -> None:
         super().__init__(event_shape)
         channels = self.event_shape[0]
+        self.register_buffer("center", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
         self.loc = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.eps = eps
         self.register_buffer("initialized", torch.tensor(False))
 
     def _view(self, t: Tensor) -> Tensor:
-        # Per-feature parameters broadcast as they are over vector events (no view op).
+        # Per-feature values broadcast as they are over vector events (no view op).
         return t if self.event_dim == 1 else t.view(-1, *([1] * (self.event_dim - 1)))
 
     def _initialize(self, x: Tensor, context: Tensor | None) -> None:
         per_channel = x.movedim(x.dim() - self.event_dim, -1).reshape(-1, self.event_shape[0])
-        self.loc.copy_(per_channel.mean(0))
-        self.log_scale.copy_(per_channel.std(0).clamp_min(self.eps).log())
+        center, scale = _robust_center_scale(per_channel, self.eps)
+        self.center.copy_(center)
+        self.scale.copy_(scale)
+        self.loc.zero_()
+        self.log_scale.zero_()
         self.initialized.fill_(True)
 
     def _log_det(self, x: Tensor) -> Tensor:
         pixels = math.prod(self.event_shape[1:])
-        return (self.log_scale.sum() * -pixels).expand(x.shape[: x.dim() - self.event_dim])
+        total = (self.scale.log() + self.log_scale).sum()
+        return (total * -pixels).expand(x.shape[: x.dim() - self.event_dim])
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        y = (x - self._view(self.loc)) * self._view(torch.exp(-self.log_scale))
+        factor = torch.exp(-self.log_scale)
+        # (x - m) * (e^{-a} / s) - b e^{-a}: two passes over x.
+        y = torch.addcmul(
+            self._view(-self.loc * factor),
+            x - self._view(self.center),
+            self._view(factor / self.scale),
+        )
         return y, self._log_det(x)
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        x = y * self._view(torch.exp(self.log_scale)) + self._view(self.loc)
+        standardized = torch.addcmul(self._view(self.loc), y, self._view(self.log_scale.exp()))
+        x = torch.addcmul(self._view(self.center), standardized, self._view(self.scale))
         return x, -self._log_det(y)
