@@ -67,9 +67,15 @@ def test_fit_initializes_actnorm_once_on_the_first_batch(moons):
     actnorm = flow.bijector[0]
     assert isinstance(actnorm, ActNorm) and bool(actnorm.initialized)
     assert not needs_initialize(flow)
-    loc = actnorm.loc.detach().clone()
+    center = actnorm.center.clone()
     torchnf.fit(flow, moons + 100.0, steps=1, lr=0.0, progress=False)  # not re-initialized
-    assert torch.equal(actnorm.loc, loc)
+    assert torch.equal(actnorm.center, center)
+
+
+def test_fit_can_leave_initialization_to_the_user(moons):
+    flow = small_flow()
+    torchnf.fit(flow, moons, steps=1, lr=0.0, initialize=False, progress=False)
+    assert needs_initialize(flow)  # ActNorm stays the identity it starts as
 
 
 def test_fit_epochs_and_numpy_float64_data(moons):
