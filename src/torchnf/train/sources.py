@@ -230,56 +230,26 @@ class LoaderSource(DataSource):
 
 
 def make_source(
-    data: Any,
-    context: Any = None,
-    *,
-    val_data: Any = None,
-    event_shape: tuple[int, ...],
-    context_size: int,
-    batch_size: int,
-    val_fraction: float,
-    seed: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    rank: int = 0,
-    world: int = 1,
-    dequantize: bool = False,
+    data: Any, context: Any = None, *, val_data: Any = None, **options: Any
 ) -> DataSource:
-    """The source for ``data`` of any supported kind (see :class:`RowSource`,
-    :class:`LoaderSource`); ``val_data`` is a validation ``DataLoader`` for a loader."""
+    """The source for ``data`` of any supported kind: a :class:`LoaderSource` for a
+    ``DataLoader`` (with ``val_data``, a validation ``DataLoader``), otherwise a
+    :class:`RowSource`. ``options`` are :class:`RowSource`'s keyword arguments; a loader takes
+    those it needs (the event shape, context size, device and dtype)."""
     if isinstance(data, DataLoader):
         if context is not None:
             raise ValueError("a DataLoader carries its own context: yield (points, context)")
-        if dequantize:
+        if options.get("dequantize"):
             raise ValueError(
                 "dequantize is for rows of data; dequantize in the DataLoader's dataset"
             )
         if val_data is not None and not isinstance(val_data, DataLoader):
             raise ValueError(f"expected val_data to be a DataLoader, got {type(val_data).__name__}")
-        return LoaderSource(
-            data,
-            val_data,
-            event_shape=event_shape,
-            context_size=context_size,
-            device=device,
-            dtype=dtype,
-        )
+        keys = ("event_shape", "context_size", "device", "dtype")
+        return LoaderSource(data, val_data, **{key: options[key] for key in keys})
     if val_data is not None:
         raise ValueError("val_data is for a DataLoader; other data are split by val_fraction")
-    return RowSource(
-        data,
-        context,
-        event_shape=event_shape,
-        context_size=context_size,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        rank=rank,
-        world=world,
-        dequantize=dequantize,
-    )
+    return RowSource(data, context, **options)
 
 
 # -- tables of rows ---------------------------------------------------------------------------
