@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -35,10 +36,10 @@ def _data() -> torch.Tensor:
     return get_target("moons").sample(1000, seed=0, dtype=torch.float64)
 
 
-def _train(flow: RealNVP, checkpoint_dir=None) -> None:
+def _train(flow: RealNVP, data, checkpoint_dir=None) -> None:
     torchnf.fit(
         flow,
-        _data(),
+        data,
         steps=STEPS,
         batch_size=BATCH,
         lr=1e-2,
@@ -49,27 +50,34 @@ def _train(flow: RealNVP, checkpoint_dir=None) -> None:
     )
 
 
-def _worker(rank: int, world: int, directory: str) -> None:
+def _worker(rank: int, world: int, directory: str, kind: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world
     )
     try:
         flow = _flow()
-        _train(flow, checkpoint_dir=f"{directory}/run")
+        _train(flow, _source(kind, directory), checkpoint_dir=f"{directory}/run")
         torch.save(flow.state_dict(), f"{directory}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+def _source(kind: str, directory: str):
+    """The data as a tensor, or as a memory-mapped .npy file that each rank reads its rows of."""
+    return _data() if kind == "tensor" else f"{directory}/data.npy"
+
+
+@pytest.mark.parametrize("kind", ["tensor", "npy"])
+def test_two_gloo_processes_match_one_process(tmp_path, kind):
+    np.save(tmp_path / "data.npy", _data().numpy())
+    mp.spawn(_worker, args=(2, str(tmp_path), kind), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         single = _flow()
-        _train(single)
+        _train(single, _data())
     finally:
         torch.set_num_threads(threads)
     initial = _flow().state_dict()
