@@ -24,21 +24,34 @@ sampling samples/s, and for torchnf the *floor*: the same step run on its bare c
 networks alone (every MLP/MADE of the flow, fed random inputs of their sizes), in the same
 mode, and torchnf's step time over it.
 
+``--baseline REV`` adds torchnf as of git revision ``REV`` as one more library,
+``torchnf@REV``: its ``src/`` is extracted and imported in this process beside the working
+tree's (see :func:`import_tree`), so its rows take turns with the others in every round and a
+change is measured before and after under the same load. ``--libraries``, ``--models``,
+``--dims`` and ``--modes`` restrict a run to the rows asked for.
+
 Peers need the ``bench`` extra (``pip install zuko nflows normflows``); a library that is not
 installed is skipped. Not run in CI. ``--device cuda`` runs everything on a GPU. Examples (the
 first takes a few minutes on a 2-core CPU)::
 
     python benchmarks/compare.py --targets ring gaussian16 --steps 500
     python benchmarks/compare.py --speed --device cuda --modes eager default reduce-overhead
+    python benchmarks/compare.py --speed --models MAF --libraries torchnf nflows --baseline HEAD
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import math
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +61,9 @@ from torchnf.data import get_target
 from torchnf.nets import MLP, ConvNet, set_conditioner_precision
 from torchnf.nets.made import MADE
 from torchnf.train.loop import uses_cuda_graphs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from source_trees import source_trees  # noqa: E402
 
 
 @dataclass
@@ -71,15 +87,16 @@ class Sizes:
 # -- builders: one per library and model ---------------------------------------------------
 
 
-def build_torchnf(kind: str, dim: int, s: Sizes) -> Model:
-    from torchnf.models import MAF, NSF, RealNVP
-
+def build_torchnf(kind: str, dim: int, s: Sizes, models: ModuleType | None = None) -> Model:
+    """torchnf's flow, built from ``models`` (this process's ``torchnf.models`` by default,
+    another source tree's with ``--baseline``)."""
+    models = models or importlib.import_module("torchnf.models")
     if kind == "RealNVP":
-        flow = RealNVP(dim, n_layers=s.n_layers, hidden_sizes=s.hidden)
+        flow = models.RealNVP(dim, n_layers=s.n_layers, hidden_sizes=s.hidden)
     elif kind == "MAF":
-        flow = MAF(dim, n_layers=s.n_layers, hidden_sizes=s.hidden)
+        flow = models.MAF(dim, n_layers=s.n_layers, hidden_sizes=s.hidden)
     else:
-        flow = NSF(dim, s.n_layers, s.hidden, n_bins=s.n_bins, tail_bound=s.tail_bound)
+        flow = models.NSF(dim, s.n_layers, s.hidden, n_bins=s.n_bins, tail_bound=s.tail_bound)
     return Model(flow, flow.log_prob, flow.sample, prepare=lambda x: flow.initialize(x))
 
 
@@ -183,6 +200,31 @@ BUILDERS = {
 }
 
 
+def import_tree(src: Path) -> ModuleType:
+    """``torchnf.models`` of the source tree ``src``, imported beside this process's torchnf.
+
+    The tree's ``torchnf`` modules are imported with ``src`` first on ``sys.path``, then taken
+    out of ``sys.modules`` (their code keeps the objects it imported, so they still use each
+    other), and this process's ``torchnf`` modules are put back. Only an import that runs at
+    call time would reach the other tree; the models' forward and backward have none.
+    """
+
+    def loaded() -> dict[str, ModuleType]:
+        return {k: m for k, m in sys.modules.items() if k.split(".")[0] == "torchnf"}
+
+    ours = loaded()
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, str(src))
+    try:
+        return importlib.import_module("torchnf.models")
+    finally:
+        sys.path.remove(str(src))
+        for name in loaded():
+            del sys.modules[name]
+        sys.modules.update(ours)
+
+
 # -- measurement ------------------------------------------------------------------------------
 
 
@@ -199,7 +241,7 @@ def train(library, kind, dim, train_set, sizes, args) -> tuple[Model, float]:
     of load from other processes on a shared machine do not decide it.
     """
     torch.manual_seed(args.seed)
-    model = BUILDERS[library](kind, dim, sizes)
+    model = args.builders[library](kind, dim, sizes)
     model.module.to(args.device)
     train_set = train_set.to(args.device)
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))
@@ -347,10 +389,10 @@ def speed_row(library: str, kind: str, x: Tensor, mode: str, args) -> SpeedRow:
     (a peer that cannot compile) is reported and left out."""
     device, n = x.device, args.n_eval
     torch.manual_seed(args.seed)
-    model = BUILDERS[library](kind, x.shape[-1], sizes_of(args))
+    model = args.builders[library](kind, x.shape[-1], sizes_of(args))
     model.module.to(device)
     model.prepare(x)
-    if library == "torchnf" and args.conditioner_dtype:
+    if library.startswith("torchnf") and args.conditioner_dtype:
         set_conditioner_precision(model.module, getattr(torch, args.conditioner_dtype))
     test = correlated_gaussian(n, x.shape[-1], args.seed + 1).to(device)
     log_prob, sample = in_mode(model.log_prob, mode), in_mode(lambda: model.sample(n), mode)
@@ -394,7 +436,7 @@ def speed_table(args) -> None:
         "log_prob samples/s | sampling samples/s | floor ms/step | step / floor |"
     )
     print("|" + "---|" * 12)
-    libraries = available(args.libraries)
+    libraries = available(args)
     modes = [m for m in args.modes if m != "reduce-overhead" or device.type == "cuda"]
     for kind in args.models:
         for dim in args.dims:
@@ -420,7 +462,7 @@ def row_cells(row: SpeedRow, args) -> str:
     floor = row.best.get("floor", math.nan)
     n = args.n_eval
     label = row.mode
-    if row.library == "torchnf" and args.conditioner_dtype:
+    if row.library.startswith("torchnf") and args.conditioner_dtype:
         label += f", {args.conditioner_dtype} conditioners"
     cells = [
         row.library,
@@ -444,9 +486,12 @@ def cell(value: float, spec: str) -> str:
 
 def summarize(kind: str, dim: int, steps: dict[tuple[str, str], float]) -> None:
     """torchnf's speed-up over the fastest peer: its best mode against the peers' best mode,
-    and eager against eager."""
+    and eager against eager; and over its ``--baseline`` revision, mode by mode."""
     ours = {mode: t for (lib, mode), t in steps.items() if lib == "torchnf" and t == t}
-    peers = {key: t for key, t in steps.items() if key[0] != "torchnf" and t == t}
+    for (lib, mode), t in steps.items():
+        if lib.startswith("torchnf@") and mode in ours and t == t:
+            print(f"# {kind} D={dim}: torchnf {mode} is {t / ours[mode]:.2f}x {lib}", flush=True)
+    peers = {key: t for key, t in steps.items() if not key[0].startswith("torchnf") and t == t}
     if not ours or not peers:
         return
     best_mode = min(ours, key=ours.get)
@@ -465,17 +510,24 @@ def sizes_of(args) -> Sizes:
     return Sizes(args.n_layers, tuple(args.hidden_sizes), args.n_bins, args.tail_bound)
 
 
-def available(libraries: list[str]) -> list[str]:
+def available(args) -> list[str]:
+    """The libraries of ``--libraries`` that are installed, ``torchnf@REV`` after torchnf."""
     import importlib.util
 
-    return [lib for lib in libraries if lib == "torchnf" or importlib.util.find_spec(lib)]
+    found = [lib for lib in args.libraries if lib == "torchnf" or importlib.util.find_spec(lib)]
+    base = [lib for lib in args.builders if lib.startswith("torchnf@")]
+    at = found.index("torchnf") + 1 if "torchnf" in found else 0
+    return found[:at] + base + found[at:]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", nargs="+", default=["ring", "gaussian16"])
     p.add_argument("--models", nargs="+", default=["RealNVP", "MAF", "NSF"])
-    p.add_argument("--libraries", nargs="+", default=list(BUILDERS))
+    p.add_argument("--libraries", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
+    p.add_argument(
+        "--baseline", metavar="REV", help="also measure torchnf at this git revision (torchnf@REV)"
+    )
     p.add_argument("--steps", type=int, default=500)
     p.add_argument(
         "--batch-size", type=int, default=None, help="default 256 (KL table), 4096 (--speed)"
@@ -511,13 +563,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.speed:
-        args.batch_size = args.batch_size or 4096
-        speed_table(args)
-        return
-    args.batch_size = args.batch_size or 256
+    with tempfile.TemporaryDirectory() as tmp:
+        args.builders = dict(BUILDERS)
+        if args.baseline:
+            models = import_tree(source_trees(args.baseline, tmp)[args.baseline])
+            args.builders[f"torchnf@{args.baseline}"] = functools.partial(
+                build_torchnf, models=models
+            )
+        if args.speed:
+            args.batch_size = args.batch_size or 4096
+            speed_table(args)
+        else:
+            args.batch_size = args.batch_size or 256
+            kl_table(args)
+
+
+def kl_table(args) -> None:
+    """Train every library's model on every target; print its KL, speed and size (a row each)."""
     sizes = sizes_of(args)
-    libraries = available(args.libraries)
+    libraries = available(args)
     print(
         f"# torch {torch.__version__}, {args.threads} thread(s); Adam lr={args.lr}, "
         f"{args.steps} steps of batch {args.batch_size}, seed {args.seed}; "

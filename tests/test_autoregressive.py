@@ -31,9 +31,10 @@ def _perturb(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.M
     hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     context_size=st.sampled_from([0, 2]),
     residual=st.booleans(),
+    reverse=st.booleans(),
 )
-def test_made_output_i_depends_exactly_on_inputs_before_i(
-    input_size, params_per_feature, hidden, context_size, residual
+def test_made_output_i_depends_exactly_on_inputs_before_i_in_its_order(
+    input_size, params_per_feature, hidden, context_size, residual, reverse
 ) -> None:
     if residual:
         hidden = [hidden[0]] * len(hidden)
@@ -41,24 +42,59 @@ def test_made_output_i_depends_exactly_on_inputs_before_i(
         input_size, params_per_feature, hidden, context_size, residual, activation=torch.nn.Tanh
     ).double()
     _perturb(made, 1.0)
+    if reverse:  # then output i depends on inputs j > i: the same checks on flipped axes
+        made.reverse_()
     x = torch.randn(input_size, dtype=torch.float64)
     context = torch.randn(context_size, dtype=torch.float64) if context_size else None
     jacobian = torch.autograd.functional.jacobian(lambda v: made(v, context), x)
     depends = jacobian.abs().sum(1) > 0  # (D, D): output i on input j
+    if reverse:
+        depends = depends.flip(0, 1)
     assert not torch.triu(depends).any()
     if min(hidden) >= input_size:  # wide enough for every connection to exist
         assert torch.tril(depends, -1)[1:].sum() == input_size * (input_size - 1) // 2
 
 
-def test_made_starts_at_zero_and_conditioner_rows_match() -> None:
+@pytest.mark.parametrize("reverse", [False, True], ids=["in-order", "reversed"])
+def test_made_starts_at_zero_and_conditioner_rows_match(reverse) -> None:
     made = MADE(4, 3, (16, 16), context_size=2)
     x, context = torch.randn(5, 4), torch.randn(5, 2)
     assert torch.equal(made(x, context), torch.zeros(5, 4, 3))
     _perturb(made, 0.5)
+    if reverse:
+        made.reverse_()
     net = made.conditioner(context)
     full = made(x, context)
     for i in range(4):
         torch.testing.assert_close(net(x, i), full[:, i])
+
+
+@pytest.mark.parametrize("context_size", [0, 2], ids=["plain", "context"])
+@pytest.mark.parametrize("residual", [False, True], ids=["mlp", "resid"])
+def test_made_reverse_is_the_conjugate_by_the_reversal(context_size, residual) -> None:
+    # reverse_() makes g into x -> R g(R x), R the feature reversal, at any parameters.
+    made = _perturb(MADE(5, 3, (12, 12), context_size, residual).double(), 0.5)
+    state = {k: v.clone() for k, v in made.state_dict().items()}
+    x = torch.randn(7, 5, dtype=torch.float64)
+    context = torch.randn(7, context_size, dtype=torch.float64) if context_size else None
+    expected = made(x.flip(-1), context).flip(-2)
+    assert list(made.reverse_().order) == [4, 3, 2, 1, 0]
+    torch.testing.assert_close(made(x, context), expected, rtol=1e-12, atol=1e-12)
+    made.reverse_()  # twice: the original, bit for bit
+    assert list(made.order) == list(range(5))
+    assert all(torch.equal(v, state[k]) for k, v in made.state_dict().items())
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["in-order", "reversed"])
+def test_made_weights_get_no_gradient_where_masked(reverse) -> None:
+    made = _perturb(MADE(4, 2, (8, 8), context_size=2), 0.5)
+    if reverse:
+        made.reverse_()
+    made(torch.randn(16, 4), torch.randn(16, 2)).square().sum().backward()
+    masks = [made.mask0, made.mask1, made.mask_out]
+    weights = [made.layers[0].weight, made.layers[1].weight, made.output.weight]
+    for weight, mask in zip(weights, masks, strict=True):
+        assert weight.grad[mask == 0].eq(0).all() and weight.grad[mask == 1].ne(0).any()
 
 
 @pytest.mark.parametrize(
@@ -85,11 +121,23 @@ def test_layer_refuses_mismatched_made() -> None:
         MaskedAutoregressive(AffineTransformer(), MADE(3, 5, (8,)))
 
 
+def _reversed(layer: MaskedAutoregressive) -> MaskedAutoregressive:
+    layer.made.reverse_()
+    return layer
+
+
 LAYERS = [
     pytest.param(lambda c: MaskedAffineAutoregressive(6, (32, 32), c), id="affine"),
     pytest.param(lambda c: MaskedAffineAutoregressive(6, (32, 32), c, residual=True), id="resid"),
     pytest.param(
         lambda c: SplineAutoregressive(6, (32, 32), c, n_bins=6, tail_bound=3.0), id="rqs"
+    ),
+    pytest.param(
+        lambda c: _reversed(MaskedAffineAutoregressive(6, (32, 32), c)), id="affine-reversed"
+    ),
+    pytest.param(
+        lambda c: _reversed(SplineAutoregressive(6, (32, 32), c, n_bins=6, tail_bound=3.0)),
+        id="rqs-reversed",
     ),
 ]
 

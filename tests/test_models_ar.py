@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 import torchnf
+from torchnf.core.chain import Chain
 from torchnf.core.registry import build
 from torchnf.diagnostics import check
+from torchnf.layers import MaskedAutoregressive, Reverse
 from torchnf.models import IAF, MAF, NSF
 
 
@@ -87,3 +90,37 @@ def test_sample_and_log_prob_agree_with_log_prob(cls) -> None:
             p.add_(0.1 * torch.randn_like(p))
     x, log_prob = flow.sample_and_log_prob(64)
     torch.testing.assert_close(flow.log_prob(x).detach(), log_prob, atol=1e-4, rtol=1e-4)
+
+
+def _with_explicit_reversals(flow) -> Chain:
+    """The flow's bijector as ``ActNorm, L_1, R, L_2, R, ...``, every MADE back in order."""
+    actnorm, *layers = [b for b in flow.bijector if not isinstance(b, Reverse)]
+    steps = [actnorm]
+    for i, layer in enumerate(layers):
+        layer = copy.deepcopy(layer)
+        made = (layer if isinstance(layer, MaskedAutoregressive) else layer.inv).made
+        if made.reversed:
+            made.reverse_()
+        steps += [Reverse(flow.input_size), layer] if i else [layer]
+    return Chain(*steps)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4], ids=lambda n: f"{n}-layers")
+@pytest.mark.parametrize("cls", [MAF, IAF, NSF], ids=lambda c: c.__name__)
+def test_reversals_between_layers_fold_into_the_made_orders(cls, n_layers) -> None:
+    # The flow is L_K R ... R L_1 A exactly, with one gather at most (a last R for even K).
+    torch.manual_seed(0)
+    flow = cls(4, n_layers=n_layers, hidden_sizes=(16,), context_size=2).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    reversals = [i for i, b in enumerate(flow.bijector) if isinstance(b, Reverse)]
+    assert reversals == ([n_layers + 1] if n_layers % 2 == 0 else [])
+    explicit = _with_explicit_reversals(flow)
+    x, context = torch.randn(32, 4, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    for a, b in zip(flow.bijector(x, context), explicit(x, context), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    y = torch.randn(32, 4, dtype=torch.float64)
+    a, b = flow.bijector.inverse_and_log_det(y, context), explicit.inverse_and_log_det(y, context)
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)

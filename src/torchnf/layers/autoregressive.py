@@ -29,6 +29,9 @@ class MaskedAutoregressive(Bijector):
     :math:`x_i = \tau^{-1}(y_i; g_i(x_{<i}, c))` for ``i = 0 .. D - 1`` in ``D`` passes, each
     computing only feature ``i``'s parameters with the masks applied once per call. Use
     ``layer.inv`` for the inverse autoregressive flow (IAF), whose sampling is one pass.
+    With a reversed MADE (:meth:`~torchnf.nets.made.MADE.reverse_`) the order runs from the
+    last feature to the first: :math:`y_i = \tau(x_i; g_i(x_{>i}, c))`, inverted for
+    ``i = D - 1 .. 0``.
 
     Shapes: ``x`` and ``y`` are ``(*batch, D)``, ``context`` is ``(*batch, context_size)``,
     ``log_det`` is ``(*batch,)``.
@@ -66,11 +69,12 @@ class MaskedAutoregressive(Bijector):
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         net = self.made.conditioner(context)
-        # Feature i's parameters depend only on x_{<i}, which is final when step i runs.
+        # Feature i's parameters depend only on the features before it in the MADE's order,
+        # which are final when step i runs.
         x = torch.zeros_like(y)
         log_det = y.new_zeros(y.shape[:-1])
         track = torch.is_grad_enabled()
-        for i in range(self.input_size):
+        for i in self.made.order:
             out, ld = self.transformer.inverse(y[..., i : i + 1], net(x, i).unsqueeze(-2))
             if track:  # out of place, so autograd keeps the x each pass used
                 x = torch.cat([x[..., :i], out, x[..., i + 1 :]], dim=-1)

@@ -8,20 +8,43 @@ from torchnf.core.bijector import Bijector
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
-from torchnf.layers.autoregressive import MaskedAffineAutoregressive
+from torchnf.layers.autoregressive import MaskedAffineAutoregressive, MaskedAutoregressive
 from torchnf.layers.linear import ActNorm
 from torchnf.layers.permutation import Reverse
 
 
 def autoregressive_chain(layers: list[Bijector]) -> Chain:
-    """``ActNorm`` (data-initialized) then ``layers`` with a :class:`Reverse` between each two."""
+    r"""``ActNorm`` (data-initialized), then ``layers`` with the features reversed between each two.
+
+    ``layers`` are :class:`MaskedAutoregressive` layers or their ``.inv`` views, ``L_1 .. L_K``,
+    and the chain computes :math:`f = L_K \circ R \circ L_{K-1} \circ \cdots \circ R \circ
+    L_1 \circ A` (``A`` the ActNorm, ``R`` the reversal), with no gather for the reversals:
+    :math:`L \circ R = R \circ (R L R)`, where ``R L R`` is ``L`` with its MADE's order
+    turned around (:meth:`~torchnf.nets.made.MADE.reverse_`, exact at any parameter values;
+    for a view, :math:`R L^{-1} R = (R L R)^{-1}`). Moving every ``R`` to the end, pairs
+    cancel: :math:`f = R^{K-1} \circ \tilde L_K \circ \cdots \circ \tilde L_1 \circ A`
+    with :math:`\tilde L_k = R^{k-1} L_k R^{k-1}`, so ``layers[1]``, ``layers[3]``, ... are
+    reversed in place, and one :class:`Reverse` ends the chain when ``K`` is even (``z`` keeps
+    the same order as with a reversal between each two layers). A layer's output inside the
+    chain is then in reversed feature order for every second layer.
+
+    Arguments:
+        layers: the autoregressive layers (or their inverse views), all of one ``input_size``.
+
+    Returns:
+        ``Chain(ActNorm, L_1, R L_2 R, L_3, ...)``, plus ``Reverse`` for an even ``K``.
+
+    Example:
+        >>> chain = autoregressive_chain([MaskedAffineAutoregressive(3, (8,)) for _ in range(3)])
+        >>> len(chain), [layer.made.reversed for layer in chain[1:]]
+        (4, [False, True, False])
+    """
     input_size = layers[0].input_size
-    steps: list[Bijector] = [ActNorm(input_size)]
-    for i, layer in enumerate(layers):
-        if i:
-            steps.append(Reverse(input_size))
-        steps.append(layer)
-    return Chain(*steps)
+    for layer in layers[1::2]:
+        base = layer if isinstance(layer, MaskedAutoregressive) else layer.inv
+        base.made.reverse_()
+    ending = [Reverse(input_size)] if len(layers) % 2 == 0 else []
+    return Chain(ActNorm(input_size), *layers, *ending)
 
 
 @register(
@@ -35,9 +58,10 @@ class MAF(Flow):
     ``f = M_K \circ R \circ \cdots \circ R \circ M_1 \circ A``: ``A`` an :class:`ActNorm` that
     ``flow.initialize(x)`` (called by ``fit`` on the first batch) sets to standardize the data,
     so raw data of any location and scale works with default arguments; ``M_k`` are
-    :class:`MaskedAffineAutoregressive` layers, ``R`` reverses the feature order. Density
-    evaluation is one pass per layer; sampling is ``D`` passes per layer (see :class:`IAF` for
-    the opposite trade-off). The base is :math:`N(0, I)`.
+    :class:`MaskedAffineAutoregressive` layers, ``R`` reverses the feature order (folded into
+    every second MADE's order, see :func:`autoregressive_chain`). Density evaluation is one
+    pass per layer; sampling is ``D`` passes per layer (see :class:`IAF` for the opposite
+    trade-off). The base is :math:`N(0, I)`.
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
 

@@ -29,7 +29,13 @@ class MADE(ConditionerNet):
     The output layer is zero-initialized, so a flow driven by a fresh ``MADE`` starts as the
     identity. The layers run in ``compute_dtype`` when set (see :mod:`torchnf.nets.precision`;
     the context's first-layer term stays in the context's dtype); the output has the input's
-    dtype.
+    dtype. The masks multiply the weights on every call (so any parameter values, trained or
+    perturbed, keep the structure), in one foreach kernel for all of them.
+
+    :meth:`reverse_` turns the order around in place: ``out[..., i, :]`` then depends only on
+    ``x[..., i + 1:]``, and ``order`` lists the features from first to last in the
+    autoregressive order (``D - 1`` down to ``0``). That is how a flow reverses its features
+    between two MADE layers without a gather.
 
     Arguments:
         input_size: number of features ``D``.
@@ -74,6 +80,7 @@ class MADE(ConditionerNet):
         self.context_size = context_size
         self.residual = residual
         self.activation = activation()
+        self.reversed = False
 
         d = input_size
         degree_in = torch.arange(1, d + 1)
@@ -99,12 +106,48 @@ class MADE(ConditionerNet):
             self.register_buffer(f"order{k}", torch.argsort(degree, stable=True), persistent=False)
         self.prefix_sizes = [[int((degree <= i).sum()) for degree in degrees[1:]] for i in range(d)]
 
+    @property
+    def order(self) -> range:
+        """The features in autoregressive order: ``range(D)``, or ``D - 1`` down to 0 when
+        :meth:`reverse_` has turned it around."""
+        d = self.input_size
+        return range(d - 1, -1, -1) if self.reversed else range(d)
+
+    @torch.no_grad()
+    def reverse_(self) -> MADE:
+        r"""Conjugate this MADE by the feature reversal ``R`` in place, and return it.
+
+        Afterwards it computes :math:`R\, g(R\, x)`: ``out[..., i, :]`` is what
+        ``out[..., D - 1 - i, :]`` was at ``x[..., ::-1]``, so it depends only on
+        ``x[..., i + 1:]`` (the autoregressive order runs from the last feature to the first).
+        Exact at any parameter values: the first layer's weight columns, its mask's columns,
+        and the output layer's weight, mask and bias rows (feature by feature) are reversed;
+        nothing else depends on the order of the features. Applying it twice restores the
+        MADE. In a flow, ``M \circ R = R \circ (R M R)`` moves a reversal past a layer, so
+        reversals between MADE layers fold into their orders (see
+        :func:`~torchnf.models.maf.autoregressive_chain`).
+
+        Example:
+            >>> made = MADE(3, 2, (8,))
+            >>> _ = torch.nn.init.normal_(made.output.weight)
+            >>> x = torch.randn(4, 3)
+            >>> before = made(x.flip(-1)).flip(-2)
+            >>> torch.allclose(made.reverse_()(x), before), list(made.order)
+            (True, [2, 1, 0])
+        """
+        shape = (self.input_size, self.params_per_feature)
+        for t in (self.layers[0].weight, self.mask0):
+            t.copy_(t.flip(-1))
+        for t in (self.output.weight, self.mask_out, self.output.bias):
+            t.copy_(t.unflatten(0, shape).flip(0).flatten(0, 1))
+        self.reversed = not self.reversed
+        return self
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Return the parameters ``(*batch, D, params_per_feature)`` of every feature."""
         # The one-pass path of training: the masks applied and the layers run directly,
         # without building a conditioner's closures.
-        weights, biases, shift = self._masked(context)
-        w_out = self.output.weight * self.mask_out
+        weights, w_out, biases, shift = self._masked(context)
         return self._in_compute_dtype(
             lambda x: self._head(self._trunk(x, weights, biases, shift), w_out), x
         )
@@ -115,19 +158,18 @@ class MADE(ConditionerNet):
         Masked weights and the context's contribution are computed here, once, so the ``D``
         sequential passes of an autoregressive inverse reuse them. ``net(x, feature=i)``
         returns only the parameters of feature ``i``, shape ``(*batch, P)``: it reads only
-        ``x[..., :i]`` and computes only the hidden units of degree ``<= i`` (with the units
+        the ``r`` features before ``i`` in ``order`` (``x[..., :i]``, or ``x[..., i + 1:]``
+        when reversed) and computes only the hidden units of degree ``<= r`` (with the units
         ordered by degree, a prefix of each layer), about a third of a full pass on average
         for two hidden layers. In low precision (``compute_dtype`` set, ``x`` not float64) it
         runs the full pass instead and returns feature ``i``'s slice: the prefix pass sums in
         another order, which in low precision rounds a parameter differently from
         :meth:`forward` now and then (by one step, about 0.4% in bfloat16) and breaks the
-        round trip, while the full pass on the same ``x[..., :i]`` (the masked inputs add
+        round trip, while the full pass on the same inputs before ``i`` (the masked inputs add
         exact zeros) gives bit-identical parameters.
         """
-        weights, biases, shift = self._masked(context)
-        w_out = (self.output.weight * self.mask_out).view(
-            self.input_size, self.params_per_feature, -1
-        )
+        weights, w_out, biases, shift = self._masked(context)
+        w_out = w_out.view(self.input_size, self.params_per_feature, -1)
         b_out = self.output.bias.view(self.input_size, self.params_per_feature)
         ordered: list = []  # (weights, biases, shift, w_out), hidden units by degree, built once
 
@@ -147,24 +189,35 @@ class MADE(ConditionerNet):
                     [ws, bs, None if shift is None else shift[..., o[0]], w_out[..., o[-1]]]
                 )
             ws, bs, sh, wo = ordered
-            sizes = self.prefix_sizes[feature]
-            h = self._trunk(x[..., :feature], ws, bs, sh, sizes)
+            # The inputs before `feature` in the order: a prefix, or a suffix when reversed.
+            rank = self.input_size - 1 - feature if self.reversed else feature
+            inputs = slice(feature + 1, None) if self.reversed else slice(0, feature)
+            sizes = self.prefix_sizes[rank]
+            h = self._trunk(x[..., inputs], [ws[0][:, inputs], *ws[1:]], bs, sh, sizes)
             return F.linear(h, wo[feature, :, : sizes[-1]], b_out[feature])
 
         return net
 
-    def _masked(self, context: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
-        """Masked hidden weights, hidden biases, and the context's shift of the first layer."""
+    def _masked(
+        self, context: Tensor | None
+    ) -> tuple[list[Tensor], Tensor, list[Tensor], Tensor | None]:
+        """Masked hidden weights, masked output weight, hidden biases, and the context's shift
+        of the first layer."""
         if (context is None) != (self.context_layer is None):
             raise ValueError(
                 f"expected context of shape (..., {self.context_size}), got "
                 f"{None if context is None else tuple(context.shape)}"
             )
-        weights = [layer.weight * getattr(self, f"mask{k}") for k, layer in enumerate(self.layers)]
+        # One foreach kernel for all the masks: one launch on a GPU where a product per weight
+        # is one launch each (autograd's backward of it is still one product per weight).
+        *weights, w_out = torch._foreach_mul(
+            [layer.weight for layer in self.layers] + [self.output.weight],
+            [getattr(self, f"mask{k}") for k in range(len(self.layers))] + [self.mask_out],
+        )
         biases = [layer.bias for layer in self.layers]
         # The context enters as a per-row bias of the first layer.
         shift = None if self.context_layer is None else self.context_layer(context)
-        return weights, biases, shift
+        return weights, w_out, biases, shift
 
     def _trunk(
         self,
@@ -200,4 +253,5 @@ class MADE(ConditionerNet):
         return (
             f"input_size={self.input_size}, params_per_feature={self.params_per_feature}, "
             f"context_size={self.context_size}, residual={self.residual}"
+            + (", reversed=True" if self.reversed else "")
         )
