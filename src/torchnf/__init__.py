@@ -7,8 +7,19 @@ and :mod:`torchnf.models`: every ``@register`` decorator has run, and the regist
 
 from torchnf import layers, models  # noqa: F401  (fills the registry)
 from torchnf.core import Bijector, Chain, Flow, FlowDistribution, Inverse
-from torchnf.train import fit, load, nll, save
+from torchnf.train import fit, load, nll, reverse_kl, save
 
 __version__ = "0.1.0"
 
-__all__ = ["Bijector", "Chain", "Flow", "FlowDistribution", "Inverse", "fit", "load", "nll", "save"]
+__all__ = [
+    "Bijector",
+    "Chain",
+    "Flow",
+    "FlowDistribution",
+    "Inverse",
+    "fit",
+    "load",
+    "nll",
+    "reverse_kl",
+    "save",
+]

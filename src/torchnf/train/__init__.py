@@ -5,7 +5,7 @@ from torchnf.train.checkpoint import load, save
 from torchnf.train.fit import fit
 from torchnf.train.hooks import History, Hook
 from torchnf.train.loop import Interrupted, evaluate_nll
-from torchnf.train.objectives import nll
+from torchnf.train.objectives import nll, reverse_kl
 from torchnf.train.run import RunFolder
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "fit",
     "load",
     "nll",
+    "reverse_kl",
     "save",
 ]

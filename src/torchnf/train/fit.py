@@ -9,7 +9,8 @@ a resumed run, initializes the flow on the first batch, and runs the loop
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +19,10 @@ import torch
 from torch import Tensor
 
 from torchnf.core.flow import Flow
+from torchnf.data.loaders import fingerprint
 from torchnf.train import distributed
 from torchnf.train.hooks import (
+    Annealing,
     Checkpointing,
     EarlyStopping,
     History,
@@ -36,16 +39,19 @@ from torchnf.train.loop import (
     needs_initialize,
     train,
 )
-from torchnf.train.objectives import NLL
+from torchnf.train.objectives import NLL, LogDensity, ReverseKL
 from torchnf.train.run import METRICS, RunFolder
-from torchnf.train.sources import make_source
+from torchnf.train.sources import SampleSource, make_source
 
 
 def fit(
     flow: Flow,
-    data: Any,
+    data: Any = None,
     context: Tensor | np.ndarray | None = None,
     *,
+    target: LogDensity | None = None,
+    path_gradient: bool = False,
+    anneal_steps: int | None = None,
     steps: int | None = None,
     epochs: int | None = None,
     batch_size: int = 256,
@@ -74,7 +80,8 @@ def fit(
     compile: bool | str = False,
     conditioner_dtype: torch.dtype | None = None,
 ) -> History:
-    r"""Fit ``flow`` to ``data`` by maximum likelihood (minimizing :func:`~torchnf.nll`).
+    r"""Fit ``flow`` to ``data`` by maximum likelihood (minimizing :func:`~torchnf.nll`), or
+    to an unnormalized ``target`` density by reverse KL (:func:`~torchnf.reverse_kl`).
 
     Adam with gradient-norm clipping, an optional cosine learning-rate decay, a seeded
     validation split whose NLL is reported at each log interval, optional early stopping, a
@@ -86,6 +93,13 @@ def fit(
     finiteness) where they enter and cast to the flow's dtype (a documented cast: float64 data
     train a float32 flow in float32); in-memory data are moved to the device once, and the loop
     reads values back to the host only at log intervals.
+
+    With ``target``, each step draws ``batch_size`` samples from the flow and minimizes
+    :math:`E_q[\log q - \beta \log \tilde p]` (variational inference: no data needed); the
+    validation loss is the same estimate on fixed draws, each record has ``ess``, the
+    effective sample size of the last batch's importance weights as a fraction of it, and
+    ``beta`` when annealing. The draws are seeded by ``seed`` (and the step a run resumes at),
+    and the global random state is left as it was.
 
     Under ``torchrun`` (a process group is initialized), the objective is wrapped in
     :class:`~torch.nn.parallel.DistributedDataParallel`: each rank computes the gradient on
@@ -100,9 +114,19 @@ def fit(
             :class:`~torch.utils.data.Dataset` of points or ``(point, context)`` pairs, or a
             :class:`~torch.utils.data.DataLoader` (its order and batches are then the user's).
         context: ``(N, context_size)`` conditioning values for a conditional flow.
+        target: instead of data, the log-density to fit by reverse KL: a callable on
+            ``(n, *event_shape)`` points returning ``(n,)`` (unnormalized is fine), an object
+            with such a ``log_prob`` method, or a ``torch.distributions.Distribution``
+            (an unconditional flow; for amortized, conditional VI call
+            :func:`~torchnf.reverse_kl` in a loop of your own).
+        path_gradient: with ``target``, the path-derivative ("sticking the landing")
+            gradient estimator.
+        anneal_steps: with ``target``, anneal the inverse temperature on
+            :math:`\log \tilde p` linearly from 0.01 to 1 over this many steps.
         steps: number of optimizer steps (default 1000 when ``epochs`` is not given).
         epochs: number of passes over the training split instead of ``steps``.
-        batch_size: global batch size (split over the ranks when distributed).
+        batch_size: global batch size (split over the ranks when distributed); with
+            ``target``, the samples drawn per step.
         lr: Adam learning rate (>= 0).
         weight_decay: Adam weight decay (>= 0).
         lr_schedule: ``"cosine"`` decays the rate to 0 over the run; ``"constant"`` keeps it.
@@ -175,21 +199,41 @@ def fit(
             f"conditioner_dtype={conditioner_dtype} needs a float32 flow (autocast leaves "
             f"{dtype} alone), got a {dtype} one"
         )
-    source = make_source(
-        data,
-        context,
-        val_data=val_data,
-        event_shape=tuple(flow.event_shape),
-        context_size=flow.context_size,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        rank=rank,
-        world=world,
-        dequantize=dequantize,
-    )
+    if target is not None:
+        objective, source = _sampling_parts(
+            flow,
+            target,
+            data,
+            context,
+            val_data,
+            dequantize,
+            path_gradient,
+            batch_size,
+            seed,
+            device,
+            world,
+        )
+    else:
+        if data is None:
+            raise ValueError("expected data to fit, or a target log-density: fit(flow, target=...)")
+        if path_gradient or anneal_steps is not None:
+            raise ValueError("path_gradient and anneal_steps are for fit(flow, target=...)")
+        objective = NLL
+        source = make_source(
+            data,
+            context,
+            val_data=val_data,
+            event_shape=tuple(flow.event_shape),
+            context_size=flow.context_size,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            rank=rank,
+            world=world,
+            dequantize=dequantize,
+        )
     total = _total_steps(steps, epochs, source.steps_per_epoch)
     compile_mode = compile_mode_of(compile)
     schedule = LearningRateSchedule(lr_schedule)
@@ -203,8 +247,10 @@ def fit(
             None if Path(log_path).resolve() == (folder.path / METRICS).resolve() else log_path
         )
     parts: list[Hook] = [schedule]
+    if anneal_steps is not None:
+        parts.append(Annealing(objective, anneal_steps))
     if patience is not None:
-        parts.append(EarlyStopping(patience, key=f"val_{NLL.name}"))
+        parts.append(EarlyStopping(patience, key=f"val_{objective.name}"))
         if not source.has_validation:
             raise ValueError("patience needs validation data: val_fraction > 0 (or val_data)")
     parts += [MetricsLog(history, folder, log_path), ProgressBar(progress and rank == 0), *hooks]
@@ -223,21 +269,22 @@ def fit(
             )
             _restore(folder, optimizer, parts)
             parts.append(checkpointing)
-        if start == 0 and initialize and needs_initialize(flow):
+        if start == 0 and initialize and target is None and needs_initialize(flow):
             flow.initialize(*source.first_batch())
-        state = train(
-            flow,
-            NLL,
-            source,
-            optimizer,
-            parts,
-            start=start,
-            total=total,
-            log_every=log_every,
-            clip_grad=clip_grad,
-            compile_mode=compile_mode,
-            conditioner_dtype=conditioner_dtype,
-        )
+        with _seeded(target is not None, seed, start * world + rank, device):
+            state = train(
+                flow,
+                objective,
+                source,
+                optimizer,
+                parts,
+                start=start,
+                total=total,
+                log_every=log_every,
+                clip_grad=clip_grad,
+                compile_mode=compile_mode,
+                conditioner_dtype=conditioner_dtype,
+            )
     except BaseException:
         if owns_folder:
             folder.abandon()
@@ -246,6 +293,65 @@ def fit(
         folder.commit()
     history.stopped = state.stop
     return history
+
+
+def _sampling_parts(
+    flow: Flow,
+    target: LogDensity,
+    data: Any,
+    context: Any,
+    val_data: Any,
+    dequantize: bool,
+    path_gradient: bool,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    world: int,
+) -> tuple[ReverseKL, SampleSource]:
+    """The reverse-KL objective and its (data-free) source, after checking the options."""
+    if data is not None or context is not None or val_data is not None or dequantize:
+        raise ValueError("fit takes data or a target, not both: drop the data with target=...")
+    if flow.context_size:
+        raise ValueError(
+            "fit(target=...) fits an unconditional flow; for a conditional one, call "
+            "torchnf.reverse_kl(flow, log_prob, n, context) in a loop of your own"
+        )
+    if batch_size < 1 or batch_size % world:
+        raise ValueError(
+            f"expected a batch_size >= 1 divisible by the {world} processes, got {batch_size}"
+        )
+    objective = ReverseKL(target, batch_size // world, path_gradient)
+    return objective, SampleSource(_describe(target), seed, device)
+
+
+def _describe(target: LogDensity) -> Any:
+    """The target's fingerprint in the run folder: a distribution's class and a hash of each
+    parameter; a named target's (e.g. an energy's) name; a callable's qualified name (its
+    values cannot be checked)."""
+    if isinstance(target, torch.distributions.Distribution):
+        values = {k: getattr(target, k, None) for k in target.arg_constraints}
+        tensors = {k: v for k, v in values.items() if isinstance(v, Tensor)}
+        return {
+            "distribution": type(target).__name__,
+            "parameters": {k: fingerprint(v.detach()) for k, v in sorted(tensors.items())},
+        }
+    name = getattr(target, "name", None)
+    if isinstance(name, str):
+        return name
+    module = getattr(target, "__module__", "?")
+    return f"{module}.{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+@contextmanager
+def _seeded(enabled: bool, seed: int, stream: int, device: torch.device) -> Iterator[None]:
+    """Within, the global random state is seeded by ``(seed, stream)`` (a sampling objective's
+    draws are reproducible); after it, it is what it was."""
+    if not enabled:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(np.random.SeedSequence([seed, 2, stream]).generate_state(1)[0]))
+        yield
 
 
 def _run_folder(

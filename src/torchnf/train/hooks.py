@@ -111,6 +111,33 @@ class LearningRateSchedule(Hook):
             group["lr"] = base * factor
 
 
+class Annealing(Hook):
+    r"""Anneals the inverse temperature ``beta`` of an objective (reverse KL) linearly from
+    ``start`` to 1 over the first ``steps`` steps, :math:`\beta_t = \min(1, \beta_0 + (1 -
+    \beta_0) t / T)`, and logs it; a function of the step, so a resumed run continues it.
+
+    References:
+        Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015,
+        arXiv:1505.05770), who anneal :math:`\beta_t = \min(1, 0.01 + t/10^4)`.
+    """
+
+    def __init__(self, objective: Any, steps: int, start: float = 0.01) -> None:
+        if steps < 1:
+            raise ValueError(f"expected anneal_steps >= 1, got {steps}")
+        if not 0 < start <= 1:
+            raise ValueError(f"expected an initial beta in (0, 1], got {start}")
+        self.objective, self.steps, self.start = objective, steps, start
+
+    def on_start(self, state: TrainingState) -> None:
+        self.on_step(state)
+
+    def on_step(self, state: TrainingState) -> None:
+        self.objective.beta = min(1.0, self.start + (1 - self.start) * state.step / self.steps)
+
+    def on_log(self, state: TrainingState, record: dict[str, float]) -> None:
+        record["beta"] = self.objective.beta
+
+
 class ProgressBar(Hook):
     """A tqdm bar of the steps, with the latest training and validation loss."""
 

@@ -149,6 +149,7 @@ def train(
                         f"training diverged at step {done}: the {objective.name} is "
                         f"{train_loss}; try a lower lr or a smaller clip_grad"
                     )
+                record.update(getattr(objective, "metrics", dict)())
                 if source.has_validation:
                     with conditioner_precision(flow, None):
                         record[f"val_{objective.name}"] = validate(flow, objective, source)
@@ -175,13 +176,15 @@ def train(
 
 @torch.no_grad()
 def validate(flow: Flow, objective: Objective, source: DataSource) -> float:
-    """Mean of ``objective`` over ``source``'s validation batches (weighted by their sizes),
-    without gradients, in eval mode."""
+    """Mean of ``objective`` over ``source``'s validation batches, weighted by their sizes
+    (equally for a sampling objective, whose batches are empty), without gradients, in eval
+    mode."""
     flow.eval()
     total, n = 0.0, 0
     for batch in source.validation():
-        total += float(objective(flow, batch).double()) * len(batch.x)
-        n += len(batch.x)
+        size = max(len(batch.x), 1)
+        total += float(objective(flow, batch).double()) * size
+        n += size
     return total / n
 
 

@@ -8,9 +8,13 @@ unnormalized density, flow matching) are other objectives over the same loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from torch.func import functional_call
 
 from torchnf.core.flow import Flow
 
@@ -67,3 +71,152 @@ class NegativeLogLikelihood:
 
 #: The maximum-likelihood objective, ``fit``'s default.
 NLL = NegativeLogLikelihood()
+
+
+#: What a target log-density may be: a callable on ``(n, D)`` points returning ``(n,)``
+#: (unnormalized is fine), or a ``torch.distributions.Distribution``.
+LogDensity = Callable[[Tensor], Tensor] | Distribution
+
+
+def reverse_kl(
+    flow: Flow,
+    log_prob: LogDensity,
+    n_samples: int,
+    context: Tensor | None = None,
+    *,
+    path_gradient: bool = False,
+    beta: float = 1.0,
+) -> Tensor:
+    r"""Reparameterized Monte Carlo estimate of the reverse KL objective, in nats.
+
+    .. math:: \mathcal{L} = \frac1n \sum_{i=1}^n \left[\log q(x_i) - \beta \log \tilde p(x_i)
+              \right], \quad x_i = f^{-1}(z_i \mid c),\ z_i \sim p_Z,
+
+    which at :math:`\beta = 1` equals :math:`KL(q \| p) - \log Z` for an unnormalized target
+    :math:`\tilde p = Z p` (the negative ELBO): minimizing it fits ``flow`` (``q``) to ``p``
+    without samples of ``p``. Gradients flow through the samples (the reparameterization
+    trick), so the sampling direction ``f^{-1}`` must be differentiable, which it is for every
+    torchnf model. It costs one inverse pass: one pass for couplings and IAF (whose sampling
+    direction is the fast one), ``D`` sequential passes for MAF and the autoregressive NSF.
+
+    With ``path_gradient=True`` the gradient is the path-derivative ("sticking the landing")
+    estimator: ``log q`` is evaluated with the flow's parameters detached, dropping the score
+    term :math:`\nabla_\theta \log q_\theta(x)|_{x\ \text{fixed}}`, whose expectation is zero;
+    its variance vanishes as ``q`` approaches ``p``. It costs one extra density pass.
+
+    Arguments:
+        flow: the variational distribution ``q``.
+        log_prob: :math:`\log \tilde p`, a callable on ``(n, *event_shape)`` returning ``(n,)``
+            (unnormalized is fine), or a ``torch.distributions.Distribution``.
+        n_samples: Monte Carlo samples ``n``.
+        context: for a conditional flow, one context row ``(context_size,)``; ``log_prob`` is
+            then the target for that context.
+        path_gradient: use the path-derivative gradient estimator.
+        beta: the inverse temperature on :math:`\log \tilde p` (annealing: from small to 1).
+
+    Returns:
+        A scalar tensor (differentiable).
+
+    References:
+        Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015,
+        arXiv:1505.05770); Sticking the Landing: Simple, Lower-Variance Gradient Estimators
+        for Variational Inference (Roeder, Wu & Duvenaud, 2017, arXiv:1703.09194).
+
+    Example:
+        >>> from torchnf import Flow
+        >>> from torchnf.layers import Reverse
+        >>> target = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
+        >>> float(reverse_kl(Flow(Reverse(2)), target, 64).abs()) < 1e-5  # q = p: KL = 0
+        True
+    """
+    if n_samples < 1:
+        raise ValueError(f"expected n_samples >= 1, got {n_samples}")
+    log_q, log_p, _ = _kl_terms(flow, as_log_density(log_prob), n_samples, context, path_gradient)
+    return (log_q - beta * log_p).mean()
+
+
+class ReverseKL:
+    r"""Reverse KL against a target log-density as an :class:`Objective` (``fit(target=...)``).
+
+    Each call is :func:`reverse_kl` with ``n_samples`` draws, or, when the batch has
+    ``context`` rows (a conditional flow), one draw per row. ``beta`` is the annealing inverse
+    temperature (set by :class:`~torchnf.train.hooks.Annealing`). :meth:`metrics` reports the
+    effective sample size of the last batch's importance weights :math:`\tilde p(x) / q(x)` as
+    a fraction of the batch (Kish's :math:`(\sum w)^2 / (n \sum w^2)`: 1 when ``q = p``).
+
+    Arguments:
+        log_prob: the target :math:`\log \tilde p` (see :func:`reverse_kl`).
+        n_samples: draws per step of an unconditional flow.
+        path_gradient: use the path-derivative gradient estimator.
+    """
+
+    name = "reverse_kl"
+
+    def __init__(self, log_prob: LogDensity, n_samples: int, path_gradient: bool = False) -> None:
+        if n_samples < 1:
+            raise ValueError(f"expected n_samples >= 1, got {n_samples}")
+        self.log_prob = as_log_density(log_prob)
+        self.n_samples, self.path_gradient = n_samples, path_gradient
+        self.beta = 1.0
+        self._log_weights: Tensor | None = None
+
+    def __call__(self, flow: Flow, batch: Batch) -> Tensor:
+        n = self.n_samples if batch.context is None else ()
+        log_q, log_p, log_w = _kl_terms(flow, self.log_prob, n, batch.context, self.path_gradient)
+        self._log_weights = log_w
+        return (log_q - self.beta * log_p).mean()
+
+    def metrics(self) -> dict[str, float]:
+        """The last batch's effective sample size as a fraction of the batch, ``ess``."""
+        if self._log_weights is None:
+            return {}
+        w = self._log_weights.double()
+        return {"ess": float(torch.exp(2 * w.logsumexp(0) - (2 * w).logsumexp(0)) / len(w))}
+
+
+def as_log_density(log_prob: LogDensity) -> Callable[[Tensor], Tensor]:
+    """``log_prob`` as a callable on points: the ``log_prob`` method of a ``Distribution`` (or
+    of any object that has one), or the callable itself; anything else is refused."""
+    if isinstance(log_prob, Distribution) or callable(getattr(log_prob, "log_prob", None)):
+        return log_prob.log_prob
+    if not callable(log_prob):
+        raise ValueError(
+            "expected the target as a callable log-density on (n, D) points, an object with a "
+            f"log_prob method or a torch.distributions.Distribution, got {type(log_prob).__name__}"
+        )
+    return log_prob
+
+
+class _LogProb(nn.Module):
+    """``flow.log_prob`` as a module's forward, so :func:`torch.func.functional_call` can run
+    it with other (detached) parameters."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
+        return self.flow.log_prob(x, context)
+
+
+def _kl_terms(
+    flow: Flow,
+    log_prob: Callable[[Tensor], Tensor],
+    n: int | tuple[()],
+    context: Tensor | None,
+    path_gradient: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log q(x), log p~(x), detached log weights)`` at reparameterized samples ``x ~ q``;
+    ``log q`` with frozen parameters for the path-derivative estimator."""
+    x, log_q = flow.rsample_and_log_prob(n, context)
+    log_p = log_prob(x)
+    if log_p.shape != log_q.shape:
+        raise ValueError(
+            f"expected the target log_prob to return shape {tuple(log_q.shape)} for points of "
+            f"shape {tuple(x.shape)}, got {tuple(log_p.shape)}"
+        )
+    log_weights = (log_p - log_q).detach()
+    if path_gradient:
+        frozen = {f"flow.{k}": v.detach() for k, v in flow.named_parameters()}
+        log_q = functional_call(_LogProb(flow), frozen, (x, context))
+    return log_q, log_p, log_weights

@@ -229,6 +229,46 @@ class LoaderSource(DataSource):
         }
 
 
+class SampleSource(DataSource):
+    """No data: the objective draws its own samples from the flow (reverse KL).
+
+    Each training batch is empty; validation is ``val_batches`` empty batches evaluated under
+    a fixed seed (the same draws at every log interval, so the validation loss is comparable
+    across intervals and usable for early stopping).
+
+    Arguments:
+        description: what is fitted (JSON: e.g. the target's name), the run's fingerprint.
+        seed: the seed of the validation draws.
+        device: where the (empty) batches live.
+        val_batches: batches drawn for each validation.
+    """
+
+    steps_per_epoch = 1
+    has_validation = True
+
+    def __init__(
+        self, description: Any, seed: int, device: torch.device, val_batches: int = 4
+    ) -> None:
+        self.description, self.seed, self.val_batches = description, seed, val_batches
+        self._empty = Batch(torch.empty(0, device=device))
+
+    def batch(self, step: int) -> Batch:
+        return self._empty
+
+    def first_batch(self) -> Batch:
+        return self._empty
+
+    def validation(self) -> Iterator[Batch]:
+        devices = [self._empty.x.device] if self._empty.x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            for _ in range(self.val_batches):
+                yield self._empty
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"target": self.description}
+
+
 def make_source(
     data: Any, context: Any = None, *, val_data: Any = None, **options: Any
 ) -> DataSource:
