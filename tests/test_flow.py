@@ -11,7 +11,7 @@ from torchnf import Chain, Flow
 from torchnf.core.registry import entries
 from torchnf.distributions import DiagonalNormal, GaussianMixture, StandardNormal, StudentT, Uniform
 from torchnf.distributions.base import BaseDistribution
-from torchnf.layers import ActNorm, AffineCoupling, LULinear, Reverse
+from torchnf.layers import ActNorm, AffineCoupling, Logit, LULinear, Reverse
 from torchnf.models import RealNVP
 
 MODELS = entries("model")
@@ -70,6 +70,74 @@ def test_rsample_is_differentiable() -> None:
     x = flow.distribution().rsample((8,))
     x.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
+
+
+def _count_forward_passes(flow: Flow) -> list[int]:
+    calls: list[int] = []
+    flow.bijector.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_log_prob_of_an_rsample_reuses_the_sampling_pass() -> None:
+    flow = _conditional_flow()
+    calls = _count_forward_passes(flow)
+    dist = flow.distribution(torch.randn(5, 3))
+    x = dist.rsample((4,))
+    log_prob = dist.log_prob(x)
+    assert calls == [] and log_prob.grad_fn is not None
+    torch.testing.assert_close(log_prob, flow.log_prob(x, dist.context.expand(4, 5, 3)))
+
+
+def test_log_prob_is_recomputed_after_an_in_place_edit_or_for_a_sample() -> None:
+    flow = _conditional_flow()
+    calls = _count_forward_passes(flow)
+    dist = flow.distribution(torch.randn(5, 3))
+    x = dist.rsample()
+    x.add_(1.0)
+    dist.log_prob(x)
+    y = dist.sample()
+    assert dist.log_prob(y).grad_fn is not None and len(calls) == 2
+
+
+EXPAND = {
+    # an unconditional flow draws iid over the new batch
+    "unconditional": (0, (), (4, 3)),
+    # a conditional flow's context rows are broadcast: a new leading dim, a widened size-1 dim
+    "conditional": (3, (1,), (4, 5)),
+}
+
+
+@pytest.mark.parametrize("context_size, batch, expanded", EXPAND.values(), ids=list(EXPAND))
+def test_distribution_expand(context_size, batch, expanded) -> None:
+    torch.manual_seed(0)
+    flow = RealNVP(2, n_layers=2, hidden_sizes=(8,), context_size=context_size)
+    context = torch.randn(*batch, 3) if context_size else None
+    calls = _count_forward_passes(flow)
+    dist = flow.distribution(context).expand(expanded)
+    x = dist.rsample((2,))
+    assert dist.batch_shape == expanded and x.shape == (2, *expanded, 2)
+    assert dist.log_prob(x).shape == (2, *expanded) and calls == []
+    contexts = None if context is None else context.expand(2, *expanded, 3)
+    torch.testing.assert_close(dist.log_prob(x.clone()), flow.log_prob(x, contexts))
+
+
+def test_distribution_expand_refuses_to_shrink_or_change_a_batch() -> None:
+    dist = _conditional_flow().distribution(torch.randn(5, 3))
+    with pytest.raises(
+        ValueError, match=r"^cannot expand a distribution of batch shape \(5,\) to \(4,\)$"
+    ):
+        dist.expand((4,))
+
+
+def test_distribution_support_is_the_flow_domain() -> None:
+    support = Flow(Logit(2)).distribution().support
+    assert support.event_dim == 1
+    assert support.check(torch.tensor([[0.5, 0.5], [1.5, 0.5]])).tolist() == [True, False]
+
+
+def test_distribution_of_a_conditional_flow_needs_a_context() -> None:
+    with pytest.raises(ValueError, match=r"^this flow is conditional: expected context of shape"):
+        _conditional_flow().distribution()
 
 
 def test_missing_context_is_refused_when_sampling() -> None:

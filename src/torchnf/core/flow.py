@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
@@ -186,46 +188,108 @@ class Flow(Bijector):
         return self.sample_and_log_prob(n, context, temperature)[0]
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
-        """This flow as a :class:`torch.distributions.Distribution` (conditioned on ``context``)."""
+        """This flow as a :class:`FlowDistribution`, conditioned on ``context``.
+
+        Once Pyro has been imported (``"pyro" in sys.modules``), the result is a
+        :class:`torchnf.integrations.pyro.PyroFlowDistribution`: the same distribution with
+        Pyro's mixin, which ``pyro.sample`` accepts, so it serves as a guide as it is. Neither
+        importing torchnf nor calling this method ever imports Pyro.
+
+        Example:
+            >>> from torchnf.layers import Reverse
+            >>> dist = Flow(Reverse(2)).distribution()
+            >>> dist.rsample((5,)).shape, dist.batch_shape, dist.event_shape
+            (torch.Size([5, 2]), torch.Size([]), torch.Size([2]))
+        """
+        if sys.modules.get("pyro") is not None:
+            from torchnf.integrations.pyro import PyroFlowDistribution
+
+            return PyroFlowDistribution(self, context)
         return FlowDistribution(self, context)
 
 
 class FlowDistribution(Distribution):
     """A :class:`torch.distributions.Distribution` view of a :class:`Flow`.
 
-    ``batch_shape`` is the context's batch shape (``()`` without context), ``event_shape`` the
-    flow's. ``log_prob(value)`` accepts ``value`` of shape ``(*sample, *batch, *event)``;
-    ``rsample`` is differentiable with respect to the flow's parameters.
+    ``batch_shape`` is the context's batch shape (``()`` without context; ``expand`` widens
+    it), ``event_shape`` the flow's, ``support`` the flow's domain. ``log_prob(value)`` accepts
+    ``value`` of shape ``(*sample, *batch, *event)``; ``rsample`` is differentiable with
+    respect to the flow's parameters. The log-density of the tensor most recently returned by
+    ``rsample`` (with gradients enabled) is the one computed while sampling, so the usual
+    variational pattern ``x = dist.rsample(); dist.log_prob(x)`` costs one pass through the
+    flow, not two; an in-place edit of ``x`` invalidates it.
 
     Arguments:
         flow: the flow.
-        context: the conditioning context, ``(*batch, context_size)``, or ``None``.
+        context: the conditioning context, ``(*batch, context_size)``; required exactly when
+            the flow is conditional.
+
+    Example:
+        >>> from torchnf.models import RealNVP
+        >>> flow = RealNVP(2, n_layers=2, hidden_sizes=(8,), context_size=3)
+        >>> dist = flow.distribution(torch.randn(5, 3))
+        >>> x = dist.rsample((4,))
+        >>> x.shape, dist.log_prob(x).shape
+        (torch.Size([4, 5, 2]), torch.Size([4, 5]))
     """
 
     has_rsample = True
     arg_constraints: dict = {}
 
     def __init__(self, flow: Flow, context: Tensor | None = None) -> None:
+        flow._check_context_given(context)
+        if flow.context_size and context is None:
+            raise ValueError(
+                "this flow is conditional: expected context of shape "
+                f"(..., {flow.context_size}), got None"
+            )
         self.flow = flow
         self.context = context
-        batch = tuple(context.shape[:-1]) if (context is not None and flow.context_size) else ()
+        self._cache: tuple[Tensor, int, Tensor] | None = None
+        batch = () if context is None else tuple(context.shape[:-1])
         super().__init__(torch.Size(batch), torch.Size(flow.event_shape), validate_args=False)
 
     @property
     def support(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, len(self.event_shape))
+        return constraints.independent(self.flow.domain, len(self.event_shape))
+
+    def expand(
+        self, batch_shape: torch.Size | tuple[int, ...], _instance: FlowDistribution | None = None
+    ) -> FlowDistribution:
+        """The same flow over ``batch_shape``: new leading dimensions, or size-1 ones widened
+        (a conditional flow's context is expanded, an unconditional one draws iid)."""
+        batch_shape = torch.Size(batch_shape)
+        old = self.batch_shape
+        if len(batch_shape) < len(old) or any(
+            a not in (1, b) for a, b in zip(reversed(old), reversed(batch_shape), strict=False)
+        ):
+            raise ValueError(
+                f"cannot expand a distribution of batch shape {tuple(old)} to {tuple(batch_shape)}"
+            )
+        new = self._get_checked_instance(FlowDistribution, _instance)
+        new.flow = self.flow
+        new.context = None
+        if self.context is not None:
+            new.context = self.context.expand(*batch_shape, self.context.shape[-1])
+        new._cache = None
+        super(FlowDistribution, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        return new
 
     def _context_for(self, value: Tensor) -> Tensor | None:
-        if self.context is None or not self.flow.context_size:
+        if self.context is None:
             return None
         batch = value.shape[: value.dim() - len(self.event_shape)]
         return self.context.expand(*batch, self.context.shape[-1])
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._cache is not None:
+            x, version, log_prob = self._cache
+            if value is x and value._version == version:
+                return log_prob
         return self.flow.log_prob(value, self._context_for(value))
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
-        return self.flow.rsample_and_log_prob(tuple(sample_shape), self.context)[0]
+        return self.rsample_and_log_prob(sample_shape)[0]
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         with torch.no_grad():
@@ -234,4 +298,10 @@ class FlowDistribution(Distribution):
     def rsample_and_log_prob(
         self, sample_shape: torch.Size | tuple[int, ...] = ()
     ) -> tuple[Tensor, Tensor]:
-        return self.flow.rsample_and_log_prob(tuple(sample_shape), self.context)
+        # Without a context the batch is one of iid draws (from expand); with one, the
+        # context's rows set it.
+        batch = tuple(self.batch_shape) if self.context is None else ()
+        x, log_prob = self.flow.rsample_and_log_prob(tuple(sample_shape) + batch, self.context)
+        if torch.is_grad_enabled():
+            self._cache = (x, x._version, log_prob)
+        return x, log_prob
