@@ -19,20 +19,17 @@ import torch
 from torch import Tensor
 
 from torchnf.cli.common import (
-    DEFAULT_DEVICE,
     build_model,
     check_batch_size,
     first_available,
     fraction,
-    max_norm,
     model_entry,
     nonempty_str,
-    positive_float,
     positive_int,
     resolve_data,
     resolve_device,
-    seed_int,
 )
+from torchnf.cli.training import add_fit_options, add_model_options, fit_options, run_folder
 from torchnf.core import registry
 from torchnf.core.flow import Flow
 from torchnf.data.images import load_images, save_image_grid
@@ -42,8 +39,6 @@ from torchnf.diagnostics.bits import bits_per_dim
 from torchnf.layers.preprocessing import dequantize
 from torchnf.train import distributed
 from torchnf.train.fit import fit
-from torchnf.train.loop import COMPILE_MODES
-from torchnf.train.run import RunFolder
 
 #: Points of a memory-mapped data set shown in the plots (the first ones).
 PLOTTED_POINTS = 20000
@@ -79,41 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"(default: the first available of {', '.join(DEFAULT_DATA)})",
     )
     p.add_argument(
-        "--model",
-        type=nonempty_str,
-        default=None,
-        help="a registered model name, see `torchnf train --list-models` "
-        f"(default: the first registered of {', '.join(DEFAULT_MODELS)})",
-    )
-    p.add_argument("--list-models", action="store_true", help="print the model names and exit")
-    p.add_argument(
         "--n-points", type=positive_int, default=20000, help="points drawn from a built-in data set"
-    )
-    p.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="global batch size")
-    p.add_argument(
-        "--lr", type=positive_float, default=2e-3, help="Adam learning rate (cosine decay)"
-    )
-    p.add_argument(
-        "--hidden-sizes",
-        type=positive_int,
-        nargs="+",
-        default=[64, 64],
-        help="widths of each conditioner network's hidden layers",
-    )
-    p.add_argument("--n-layers", type=positive_int, default=5, help="number of flow layers")
-    p.add_argument(
-        "--n-levels", type=positive_int, default=None, help="scales of an image model (Glow)"
-    )
-    p.add_argument("--n-steps", type=positive_int, default=None, help="steps per scale of Glow")
-    p.add_argument(
-        "--hidden-channels", type=positive_int, default=None, help="conv width of an image model"
-    )
-    p.add_argument(
-        "--clip-grad",
-        type=max_norm,
-        default=5.0,
-        help="max gradient norm, a positive number; 'none' trains without clipping",
     )
     p.add_argument(
         "--val-fraction",
@@ -122,78 +83,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fraction held out for validation, in [0, 1)",
     )
     p.add_argument(
-        "--seed", type=seed_int, default=0, help="seed of data, initialization and order"
-    )
-    p.add_argument("--out", type=nonempty_str, default="runs", help="directory holding the runs")
-    p.add_argument(
-        "--name", type=nonempty_str, default=None, help="run name (default: <data>-<model>)"
-    )
-    p.add_argument("--device", default=DEFAULT_DEVICE, help="torch device to train on")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads of torch (default: 1 for data of at most 100 features, where more "
-        "threads only add overhead to the small matrix products; otherwise torch's default)",
-    )
-    p.add_argument("--log-every", type=positive_int, default=100, help="steps between log records")
-    p.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=None,
-        help="steps between checkpoints (a checkpoint is also written at the end, every "
-        "--checkpoint-minutes, and on Ctrl-C or SIGTERM)",
-    )
-    p.add_argument(
-        "--checkpoint-minutes",
-        type=positive_float,
-        default=10.0,
-        help="minutes of training between checkpoints",
-    )
-    runs = p.add_mutually_exclusive_group()
-    runs.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run OUT/NAME from its checkpoint (the same model, config and data, "
-        "or it refuses)",
-    )
-    runs.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the run OUT/NAME; the earlier run stays until the new one completes",
-    )
-    p.add_argument(
-        "--patience",
-        type=positive_int,
-        default=None,
-        help="stop when the validation NLL has not improved for this many log intervals, and "
-        "keep the best validation weights (default: train all steps, keep the last)",
-    )
-    p.add_argument(
         "--dequantize",
         action="store_true",
         help="integer-valued data: add uniform noise in [0, 1) to each point at each step, so "
         "the flow fits a density; its NLL bounds the discrete NLL from above (unit bins)",
     )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument(
-        "--compile",
-        nargs="?",
-        const="default",
-        default=False,
-        choices=COMPILE_MODES,
-        help="compile the training step with torch.compile, in this mode (bare --compile: "
-        "'default'); 'reduce-overhead' also replays it as CUDA graphs on a GPU, the fastest "
-        "training mode there",
-    )
-    p.add_argument(
-        "--conditioner-dtype",
-        choices=["bfloat16", "float16"],
-        default=None,
-        help="train with the conditioner networks in this precision (the flow stays exact; "
-        "faster on GPU tensor cores)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_model_options(p, DEFAULT_MODELS)
+    add_fit_options(p, loss="NLL")
     p.set_defaults(func=run)
 
 
@@ -241,39 +137,22 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     if args.threads is not None or features <= 100:
         torch.set_num_threads(args.threads or 1)
     flow = build_model(model_name, torch.Size(data.shape[1:]), args, n_values)
-    name = args.name or f"{Path(data_name).stem}-{model_name}".lower()
-    folder = RunFolder(
-        Path(args.out) / name, resume=args.resume, overwrite=args.overwrite, main=main_rank
-    )
+    folder = run_folder(args, f"{Path(data_name).stem}-{model_name}".lower(), main_rank)
     tic = time.perf_counter()
     with folder:
         fit(
             flow,
             data,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            clip_grad=args.clip_grad,
             val_fraction=args.val_fraction,
-            seed=args.seed,
-            log_every=min(args.log_every, args.steps),
-            progress=not args.quiet,
             run=folder,
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_minutes=args.checkpoint_minutes,
-            patience=args.patience,
             dequantize=args.dequantize,
-            device=device,
-            compile=args.compile,
-            conditioner_dtype=getattr(torch, args.conditioner_dtype)
-            if args.conditioner_dtype
-            else None,
             metadata={
                 "data": data_name,
                 "input_size": features,
                 "seed": args.seed,
                 "n_values": n_values,
             },
+            **fit_options(args, device),
         )
         if not main_rank:
             return
