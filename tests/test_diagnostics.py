@@ -13,8 +13,9 @@ from torchnf import Chain, Flow
 from torchnf.cli import main
 from torchnf.core.bijector import Bijector
 from torchnf.core.registry import REGISTRY, register
-from torchnf.data import GaussianTarget, get_target
+from torchnf.data import GaussianTarget, get_energy, get_target
 from torchnf.diagnostics import KLEstimate, kl_divergence, trace, trace_layers
+from torchnf.distributions.base import DiagonalNormal
 from torchnf.layers import Reverse
 from torchnf.models import RealNVP
 
@@ -63,6 +64,85 @@ def test_kl_of_a_conditional_flow_takes_one_context() -> None:
         log_q = flow.log_prob(x, context.expand(300, 3))
     expected = get_target("moons").log_prob(x) - log_q
     assert kl.value == pytest.approx(float(expected.mean()), rel=1e-12)
+
+
+def _diagonal_gaussian_flow() -> Flow:
+    """q = N(m, diag(s^2)) in float64 (a diagonal-normal base behind a Reverse)."""
+    base = DiagonalNormal(3).double()
+    with torch.no_grad():
+        base.loc.copy_(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+        base.log_scale.copy_(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64))
+    return Flow(Reverse(3), base)
+
+
+def _same_distribution(kind: str, flow: Flow) -> torch.distributions.Distribution:
+    loc, scale = flow.base.loc.detach().flip(0), flow.base.log_scale.detach().exp().flip(0)
+    if kind == "Independent(Normal)":
+        return torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+    return torch.distributions.MultivariateNormal(loc, torch.diag(scale.square()))
+
+
+@pytest.mark.parametrize("kind", ["Independent(Normal)", "MultivariateNormal"])
+def test_kl_to_a_torch_distribution_equal_to_the_flow_is_zero(kind: str) -> None:
+    flow = _diagonal_gaussian_flow()
+    kl = kl_divergence(flow, _same_distribution(kind, flow), n=2000, seed=1)
+    assert abs(kl.value) <= 3 * kl.stderr + 1e-12 and kl.stderr < 1e-12
+
+
+def _torch_gaussian(dim: int) -> tuple[torch.distributions.Distribution, float]:
+    """A torch Gaussian target of dimension ``dim`` and its exact KL to N(0, I)."""
+    d = torch.distributions
+    if dim == 1:
+        target = d.Normal(torch.tensor(0.5, dtype=torch.float64), 1.5)
+        reference = d.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+    else:
+        tril = torch.tensor([[1.5, 0, 0], [0.4, 0.8, 0], [-0.3, 0.2, 1.1]], dtype=torch.float64)
+        target = d.MultivariateNormal(torch.tensor([0.5, 0.0, -0.5]).double(), scale_tril=tril)
+        reference = d.MultivariateNormal(torch.zeros(3).double(), torch.eye(3).double())
+    return target, float(d.kl_divergence(target, reference))
+
+
+@pytest.mark.parametrize("dim", [1, 3], ids=["Normal-1d", "MultivariateNormal-3d"])
+def test_kl_to_a_torch_distribution_matches_the_analytic_kl(dim: int) -> None:
+    target, exact = _torch_gaussian(dim)
+    kl = kl_divergence(Flow(Reverse(dim)).double(), target, n=20000, seed=3)
+    assert abs(kl.value - exact) < 3 * kl.stderr, (kl, exact)
+
+
+def test_trace_of_a_torch_distribution_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    target, _ = _torch_gaussian(3)
+    flow = Flow(Chain(Reverse(3), Reverse(3))).double()
+    rng = torch.get_rng_state()
+    points = trace(flow, target, n=500, seed=2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert points[-1] == kl_divergence(flow, target, n=500, seed=2) == points[0]
+    assert kl_divergence(flow, target, n=500, seed=3) != points[-1]
+
+
+def test_kl_to_an_energy_subtracts_its_log_normalizer() -> None:
+    flow = _perturbed_realnvp(2)
+    # the energy's samples are float32 (its default), the target's float64
+    by_energy = kl_divergence(flow, get_energy("banana"), n=1000, seed=4)
+    by_target = kl_divergence(flow, "banana", n=1000, seed=4)
+    assert by_energy.value == pytest.approx(by_target.value, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "target, match",
+    [
+        (
+            torch.distributions.Normal(torch.zeros(2), 1.0),
+            r"got a Normal of batch_shape \(2,\) and event_shape \(\).*Independent",
+        ),
+        (3.0, r"expected a target: a torchnf Target .* got float"),
+        (get_energy("u1"), "expected an energy with an exact sampler; 'u1' has none"),
+        (get_target("gaussian16"), "expected a target of dimension 2 for this flow"),
+    ],
+    ids=["batched-distribution", "float", "energy-without-sampler", "wrong-dimension"],
+)
+def test_kl_refuses_what_is_not_a_target(target, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        kl_divergence(Flow(Reverse(2)), target, n=100)
 
 
 def _perturbed_realnvp(n_layers: int = 3) -> Flow:

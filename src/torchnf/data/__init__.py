@@ -1,7 +1,17 @@
-"""Toy data, targets of known density, and loaders for user data."""
+"""Toy data, targets of known density, energies of known normalizer, and loaders for user
+data."""
 
 from torchnf.data import densities, toy  # noqa: F401  (registers the built-in targets)
 from torchnf.data.densities import Banana, Funnel, GaussianTarget, StudentTTarget
+from torchnf.data.energies import (
+    ENERGIES,
+    TARGET_LOG_NORMALIZER,
+    Energy,
+    Potential,
+    TargetEnergy,
+    get_energy,
+    grid_log_normalizer,
+)
 from torchnf.data.images import load_digits, load_images, load_mnist
 from torchnf.data.targets import TARGETS, GaussianMixtureTarget, Target, get_target, register_target
 
@@ -15,6 +25,13 @@ __all__ = [
     "StudentTTarget",
     "Banana",
     "Funnel",
+    "ENERGIES",
+    "TARGET_LOG_NORMALIZER",
+    "Energy",
+    "Potential",
+    "TargetEnergy",
+    "get_energy",
+    "grid_log_normalizer",
     "load_digits",
     "load_images",
     "load_mnist",

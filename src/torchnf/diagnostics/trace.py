@@ -18,8 +18,7 @@ from torch import Tensor
 from torchnf.core.bijector import Bijector
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
-from torchnf.data.targets import Target
-from torchnf.diagnostics.kl import KLEstimate, target_samples
+from torchnf.diagnostics.kl import KLEstimate, TargetLike, target_samples
 
 
 def trace_layers(flow: Flow) -> list[Bijector]:
@@ -32,7 +31,7 @@ def trace_layers(flow: Flow) -> list[Bijector]:
 @torch.no_grad()
 def trace(
     flow: Flow,
-    target: Target | str,
+    target: TargetLike,
     n: int = 10000,
     seed: int = 0,
     context: Tensor | None = None,
@@ -47,7 +46,9 @@ def trace(
 
     Arguments:
         flow: the flow.
-        target: a :class:`~torchnf.data.Target` with an exact ``log_prob``, or its name.
+        target: a :class:`~torchnf.data.Target` with an exact ``log_prob`` or its name, a
+            :class:`torch.distributions.Distribution`, or an object with seeded ``sample``
+            and ``log_prob``: all that :func:`~torchnf.diagnostics.kl_divergence` accepts.
         n: number of samples.
         seed: seed of the target's samples.
         context: ``(context_size,)`` or ``(n, context_size)`` context of a conditional flow.
@@ -74,7 +75,7 @@ def trace(
                 f"{flow.base.event_shape}; layer {i} ({type(layer).__name__}) outputs "
                 f"{layer.output_event_shape}"
             )
-    _, x, log_p, context = target_samples(flow, target, n, seed, context)
+    x, log_p, context = target_samples(flow, target, n, seed, context)
     context = flow._encode(context)
     bijector = flow.bijector
     steps = (
