@@ -35,12 +35,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchnf.functional.splines as splines
-from torchnf import Flow
+from torchnf import Flow, nll
 from torchnf.functional.splines import rqs_forward, rqs_inverse, rqs_knots
 from torchnf.layers import Coupling
 from torchnf.models import MAF, NSF, RealNVP
 from torchnf.nets import MLP, conditioner_precision
-from torchnf.train.losses import nll
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare import ops_per_step  # noqa: E402

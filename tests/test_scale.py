@@ -131,7 +131,7 @@ def test_parameters_are_in_standardized_units(scale):
     with torch.no_grad():
         layer.loc.fill_(0.5)
         layer.log_scale.fill_(-0.2)
-    torch.testing.assert_close(layer(x)[0], (standardized - 0.5) * math.exp(0.2))
+    torch.testing.assert_close(layer(x)[0], standardized * math.exp(0.2) - 0.5)
 
 
 FALLBACKS = {
@@ -162,5 +162,6 @@ def test_images_are_standardized_per_channel():
     y = layer.initialize(x)
     per_channel = y.movedim(1, -1).reshape(-1, 3)[1:]
     torch.testing.assert_close(per_channel.std(0), torch.ones(3), atol=0.05, rtol=0)
-    error = (layer.inverse(y) - x) / scales  # in each channel's units
-    assert error.abs().max() < 1e-5 and layer(x)[1].isfinite().all()
+    # In each channel's units, relative to max(1, |x|): float32 rounding (the outlier is 1e4).
+    error = (layer.inverse(y) - x) / scales / (x / scales).abs().clamp_min(1)
+    assert error.abs().max() < 1e-6 and layer(x)[1].isfinite().all()
