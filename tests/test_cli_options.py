@@ -15,6 +15,7 @@ from torchnf.cli import train
 #: parsing stops at the bad option).
 REQUIRED = {
     "train": [],
+    "vi": ["--target", "u1"],
     "sample": ["no-run", "-o", "samples.npy"],
     "evaluate": ["no-run", "--data", "moons"],
     "check": [],
@@ -97,16 +98,30 @@ BAD = [
     ("trace", "--seed", ["-1"]),
     ("trace", "--target", [""]),
     ("trace", "--output", [""]),
+    ("evaluate", "--importance", ["1"]),
+    ("evaluate", "--target", [""]),
+    ("vi", "--target", [""]),
+    ("vi", "--dim", ["0"]),
+    ("vi", "--anneal-steps", ["0"]),
+    ("vi", "--importance", ["1"]),
 ]
 
 #: Options taking free text, checked where they are used (one line, exit status 1).
 FREE_TEXT = {("sample", "run"), ("evaluate", "run"), ("trace", "run"), ("check", "names")}
-FREE_TEXT |= {(command, "device") for command in ("train", "sample", "evaluate")}
+FREE_TEXT |= {(command, "device") for command in ("train", "vi", "sample", "evaluate")}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
     parser = cli.build_parser()
     return next(a for a in parser._actions if a.dest == "command").choices
+
+
+#: vi shares train's model and fit options (cli/training.py): the same bad values are refused.
+BAD += [
+    ("vi", option, values)
+    for command, option, values in list(BAD)
+    if command == "train" and option in _subparsers()["vi"]._option_string_actions
+]
 
 
 def _valued_options() -> list[tuple[str, argparse.Action]]:

@@ -7,7 +7,7 @@ switch) and written to PNG files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -17,22 +17,28 @@ from torchnf.core.flow import Flow
 
 
 def plot_history(records: Sequence[dict[str, float]], path: str | Path) -> Path:
-    """Plot training and validation NLL against the step; write a PNG to ``path``.
+    """Plot the training and validation loss against the step; write a PNG to ``path``.
 
     Arguments:
-        records: log records with ``step``, ``train_nll`` and maybe ``val_nll`` (as in
-            ``fit``'s history or its ``metrics.jsonl``).
+        records: log records with ``step``, ``train_<loss>`` and maybe ``val_<loss>`` (as in
+            ``fit``'s history or its ``metrics.jsonl``; ``<loss>`` is ``nll`` for maximum
+            likelihood, ``reverse_kl`` for variational inference).
         path: the PNG file.
     """
     fig = _figure(1, (5, 3.5))
     ax = fig.axes[0]
-    for key, label in (("train_nll", "train"), ("val_nll", "validation")):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, marker="o", markersize=2, label=label)
+    losses = [
+        k.removeprefix("train_") for k in (records[0] if records else {}) if k.startswith("train_")
+    ]
+    for loss in losses:
+        for key, label in ((f"train_{loss}", "train"), (f"val_{loss}", "validation")):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, marker="o", markersize=2, label=label)
+    names = {"nll": "NLL", "reverse_kl": "reverse KL - log Z"}
     ax.set_xlabel("step")
-    ax.set_ylabel("NLL (nats)")
+    ax.set_ylabel(", ".join(names.get(loss, loss) for loss in losses) + " (nats)")
     ax.set_title("training curve")
     ax.grid(alpha=0.3)
     if ax.lines:
@@ -165,3 +171,50 @@ def _save(fig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+@torch.no_grad()
+def plot_fit_to_target(
+    flow: Flow,
+    log_prob: Callable[[Tensor], Tensor],
+    path: str | Path,
+    window: tuple[float, float, float, float] | None = None,
+    resolution: int = 300,
+) -> Path:
+    r"""Show a 2-D target density next to the flow's density; write a PNG to ``path``.
+
+    Both panels show densities normalized on the grid (the target's :math:`\tilde p` need not
+    be normalized), so they compare directly.
+
+    Arguments:
+        flow: an unconditional flow on 2-D vectors (variational inference's ``q``).
+        log_prob: the target's (unnormalized) log-density on ``(n, 2)`` points.
+        path: the PNG file.
+        window: ``(x_low, x_high, y_low, y_high)`` (default: around 5000 samples of ``q``).
+        resolution: grid points per axis.
+    """
+    if flow.event_shape != (2,) or flow.context_size:
+        raise ValueError(f"expected an unconditional 2-D flow, got events {flow.event_shape}")
+    reference = next(iter(flow.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    if window is None:
+        low, high = _window(flow.sample(5000).double().cpu())
+        window = (float(low[0]), float(high[0]), float(low[1]), float(high[1]))
+    xs = torch.linspace(window[0], window[1], resolution, dtype=torch.float64)
+    ys = torch.linspace(window[2], window[3], resolution, dtype=torch.float64)
+    grid = torch.cartesian_prod(xs, ys)
+    with torch.no_grad():
+        target = torch.cat(
+            [log_prob(c.to(device, dtype)).double().cpu() for c in grid.split(16384)]
+        )
+    panels = {
+        "target": (target - target.max()).exp().nan_to_num(0.0),
+        "flow": _density(flow, grid, device, dtype),
+    }
+    fig = _figure(2, (9, 4.2))
+    for ax, (title, density) in zip(fig.axes, panels.items(), strict=True):
+        image = (density / density.sum().clamp_min(1e-300)).reshape(resolution, resolution)
+        ax.imshow(image.T.numpy(), origin="lower", extent=window, cmap="viridis", aspect="auto")
+        ax.set_title(title)
+    return _save(fig, path)

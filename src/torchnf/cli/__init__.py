@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from torchnf.cli import bench, check, evaluate, sample, trace, train
+from torchnf.cli import bench, check, evaluate, sample, trace, train, vi
 from torchnf.cli.common import build_model, resolve_data, resolve_device
 from torchnf.train.loop import Interrupted
 
-SUBCOMMANDS = (train, sample, evaluate, check, bench, trace)
+SUBCOMMANDS = (train, vi, sample, evaluate, check, bench, trace)
 
 
 class Parser(argparse.ArgumentParser):

@@ -10,6 +10,7 @@ Floats are refused when they are NaN or infinite.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -299,3 +300,39 @@ def table(header: list[str], rows: list[list[str]]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def resolve_target(spec: str, dim: int | None = None) -> tuple[Any, int]:
+    """The target log-density named by ``spec`` and its dimension.
+
+    Arguments:
+        spec: a built-in energy's name (:func:`torchnf.data.energies.get_energy`, with a
+            known log-normalizer), or ``FILE.py:FUNCTION``, a function of ``(n, D)`` points
+            returning their unnormalized log-density ``(n,)``.
+        dim: the dimension ``D``; required for ``FILE.py:FUNCTION``, checked for an energy.
+
+    Returns:
+        ``(target, D)``: an energy, or the user's function.
+    """
+    from torchnf.data.energies import get_energy
+
+    file, _, name = spec.rpartition(":")
+    if not file.endswith(".py"):
+        energy = get_energy(spec)
+        if dim is not None and dim != energy.dim:
+            raise ValueError(f"--dim {dim}: the energy {spec!r} is {energy.dim}-dimensional")
+        return energy, energy.dim
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"{file}: no such Python file")
+    if dim is None:
+        raise ValueError(f"--target {spec}: a function's dimension is unknown; give --dim")
+    module_spec = importlib.util.spec_from_file_location(Path(file).stem, file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # the user's file: any error is theirs, reported in one line
+        raise ValueError(f"{file}: cannot run it ({type(error).__name__}: {error})") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"{file}: expected a function {name!r} of (n, D) points")
+    return function, dim

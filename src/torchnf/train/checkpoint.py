@@ -57,6 +57,7 @@ FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     ),
     "dtype": (f"one of {DTYPES} or null", lambda v: v is None or v in DTYPES),
     "data": ("a data set name or file, or null", lambda v: v is None or isinstance(v, str)),
+    "target": ("an energy's name or FILE.py:FUNCTION", lambda v: isinstance(v, str)),
     "input_size": ("a positive integer", lambda v: _count(v, 1)),
     "seed": ("a non-negative integer", _count),
     "step": ("a non-negative integer", _count),
