@@ -12,7 +12,15 @@ from torchnf.layers.image import (
     Squeeze,
     image_mask,
 )
-from torchnf.layers.linear import ActNorm, Householder, LULinear, LUWeight, QRLinear, QRWeight
+from torchnf.layers.linear import (
+    ActNorm,
+    Householder,
+    LULinear,
+    LUWeight,
+    QRLinear,
+    QRWeight,
+    TriangularAffine,
+)
 from torchnf.layers.permutation import Permutation, RandomPermutation, Reverse
 from torchnf.layers.preprocessing import LogitPreprocessing, Rescale, dequantize
 from torchnf.layers.residual import GeneralizedSylvesterBlock, Planar, Radial, SylvesterBlock
@@ -52,6 +60,7 @@ __all__ = [
     "Split",
     "Squeeze",
     "SylvesterBlock",
+    "TriangularAffine",
     "checkerboard_mask",
     "dequantize",
     "image_mask",

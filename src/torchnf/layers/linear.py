@@ -355,3 +355,69 @@ class ActNorm(Bijector):
         shifted = y + self._view(self.loc)
         x = torch.addcdiv(self._view(self.center), shifted, self._view(log_factor.exp()))
         return x, -self._log_det(log_factor, y)
+
+
+@register("layer", example=lambda context_size: TriangularAffine(4))
+class TriangularAffine(Bijector):
+    r"""Triangular affine layer ``y = f(x) = W x + b`` with ``W`` triangular, positive diagonal.
+
+    ``W`` is lower-triangular (upper-triangular with ``upper=True``) with diagonal
+    :math:`e^{s_i}`; its strictly triangular entries and ``s`` and ``b`` are free parameters,
+    so every optimizer step keeps ``W`` invertible.
+    :math:`\log|\det \partial f / \partial x| = \sum_i s_i`; the exact inverse
+    :math:`x = W^{-1}(y - b)` is one triangular solve. Starts as the identity. Alternate
+    ``upper`` between consecutive layers: a chain of lower and upper ones reaches any
+    invertible linear map with an LU decomposition.
+
+    Shapes: ``x``, ``y`` are ``(*batch, D)``, ``log_det`` is ``(*batch,)``.
+
+    Arguments:
+        input_size: number of features ``D``.
+        upper: an upper-triangular ``W`` instead of a lower-triangular one.
+
+    References:
+        Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016,
+        arXiv:1606.04934), whose linear IAF step is this map; chains of triangular layers
+        benchmarked by KL divergence are the demonstration of the seed 002 project.
+
+    Example:
+        >>> layer = TriangularAffine(3, upper=True)
+        >>> x = torch.randn(5, 3)
+        >>> y, log_det = layer(x)
+        >>> torch.allclose(layer.inverse(y), x, atol=1e-6), log_det.shape
+        (True, torch.Size([5]))
+    """
+
+    def __init__(self, input_size: int, upper: bool = False) -> None:
+        super().__init__(input_size)
+        self.upper = upper
+        rows, cols = torch.tril_indices(input_size, input_size, offset=-1)
+        if upper:
+            rows, cols = cols, rows
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.off_diagonal = nn.Parameter(torch.zeros(len(rows)))
+        self.log_diag = nn.Parameter(torch.zeros(input_size))
+        self.bias = nn.Parameter(torch.zeros(input_size))
+
+    def weight(self) -> Tensor:
+        """The triangular matrix ``W`` ``(D, D)``."""
+        w = torch.diag(self.log_diag.exp())
+        return w.index_put((self.rows, self.cols), self.off_diagonal)
+
+    def _log_det(self, x: Tensor) -> Tensor:
+        return self.log_diag.sum().expand(x.shape[:-1])
+
+    def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight().mT).view(
+            x.shape
+        ), self._log_det(x)
+
+    def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        w = self.weight()
+        shifted = y - self.bias
+        x = solve_upper_right(shifted, w) if self.upper else solve_lower_right(shifted, w)
+        return x, -self._log_det(y)
+
+    def extra_repr(self) -> str:
+        return f"{self.event_shape[0]}, upper={self.upper}"
