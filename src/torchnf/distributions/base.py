@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -94,24 +95,69 @@ class DiagonalNormal(BaseDistribution):
 class GaussianMixture(BaseDistribution):
     r"""Mixture of ``n_components`` diagonal Gaussians over vectors of size ``input_size``.
 
-    :math:`p(z) = \sum_k \pi_k N(z; \mu_k, \mathrm{diag}(\sigma_k^2))` with learnable logits,
-    means and log-scales. Means are initialized spread out (seeded), scales at 1.
-    ``rsample`` is reparametrized in the means and scales but not in the weights.
+    :math:`p(z) = \sum_k \pi_k N(z; \mu_k, \mathrm{diag}(\sigma_k^2))`. By default the
+    logits, means and log-scales are learned, the means initialized spread out (seeded) and
+    the scales at 1; ``loc``, ``scale`` and ``weights`` set them instead, and
+    ``trainable=False`` keeps them fixed (buffers, saved with the model but not optimized),
+    e.g. a base of known modes. ``rsample`` is reparametrized in the means and scales but not
+    in the weights.
 
     Arguments:
         input_size: dimension ``D`` of the events (shape ``(D,)``).
-        n_components: number of components ``K``.
-        seed: seed of the initial means.
+        n_components: number of components ``K`` (default ``len(loc)``, or 8).
+        seed: seed of the random initial means (when ``loc`` is not given).
+        loc: the means ``(K, D)``.
+        scale: the standard deviations, broadcastable to ``(K, D)`` (default 1).
+        weights: the mixture weights ``(K,)``, positive, normalized here (default equal).
+        trainable: learn the weights, means and scales (``False``: fixed).
+
+    Example:
+        >>> base = GaussianMixture(2, loc=[[-3.0, 0.0], [3.0, 0.0]], scale=0.5, trainable=False)
+        >>> list(base.parameters()), base.sample((1000,)).abs().mean(0).round(decimals=0)
+        ([], tensor([3., 0.]))
     """
 
-    def __init__(self, input_size: int, n_components: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        n_components: int | None = None,
+        seed: int = 0,
+        *,
+        loc: Tensor | Sequence[Sequence[float]] | None = None,
+        scale: Tensor | float | Sequence[float] | Sequence[Sequence[float]] = 1.0,
+        weights: Tensor | Sequence[float] | None = None,
+        trainable: bool = True,
+    ) -> None:
         super().__init__(input_size)
+        dtype = torch.get_default_dtype()
+        if n_components is None:
+            n_components = 8 if loc is None else len(loc)
         if n_components < 1:
             raise ValueError(f"expected n_components >= 1, got {n_components}")
-        g = torch.Generator().manual_seed(seed)
-        self.logits = nn.Parameter(torch.zeros(n_components))
-        self.loc = nn.Parameter(torch.randn(n_components, input_size, generator=g))
-        self.log_scale = nn.Parameter(torch.zeros(n_components, input_size))
+        shape = (n_components, input_size)
+        if loc is None:
+            loc = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        loc = torch.as_tensor(loc, dtype=dtype)
+        if loc.shape != shape:
+            raise ValueError(f"expected loc of shape {shape}, got {tuple(loc.shape)}")
+        scale = torch.as_tensor(scale, dtype=dtype)
+        if not torch.broadcast_shapes(scale.shape, shape) == shape or not (scale > 0).all():
+            raise ValueError(f"expected a positive scale broadcastable to {shape}")
+        if weights is None:
+            weights = torch.ones(n_components)
+        weights = torch.as_tensor(weights, dtype=dtype)
+        if weights.shape != (n_components,) or not (weights > 0).all():
+            raise ValueError(f"expected {n_components} positive weights, got {weights.tolist()}")
+        values = {
+            "logits": (weights / weights.sum()).log(),
+            "loc": loc.clone(),
+            "log_scale": scale.log().expand(shape).clone(),
+        }
+        for name, value in values.items():
+            if trainable:
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
 
     def log_prob(self, z: Tensor) -> Tensor:
         u = (z.unsqueeze(-2) - self.loc) * torch.exp(-self.log_scale)  # (*batch, K, D)

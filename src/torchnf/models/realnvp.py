@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
-from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling
+from torchnf.layers.coupling import AdditiveCoupling, Coupling, checkerboard_mask
 from torchnf.layers.linear import ActNorm
+from torchnf.layers.transformers import AffineTransformer
+from torchnf.nets.mlp import MLP
 
 
 @register(
@@ -24,8 +26,9 @@ class RealNVP(Flow):
     ``f = C_K \circ \cdots \circ C_1 \circ A`` where ``A`` is an :class:`ActNorm` that
     ``flow.initialize(x)`` (called by ``fit`` on the first batch) sets to standardize the data,
     so the flow works on raw data of any location and scale, and each ``C_k`` an
-    :class:`AffineCoupling` whose binary mask alternates between layers. The base is
-    :math:`N(0, I)`.
+    :class:`AffineCoupling` (a :class:`Coupling` of an affine transformer and an :class:`MLP`
+    conditioner with the given ``activation``) whose binary mask alternates between layers.
+    The base is :math:`N(0, I)`.
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
 
@@ -34,6 +37,8 @@ class RealNVP(Flow):
         n_layers: number of coupling layers.
         hidden_sizes: widths of each conditioner MLP.
         context_size: size of the context (0 for an unconditional flow).
+        activation: the conditioners' hidden activation (see :class:`MLP`; the seeds use
+            ``"tanh"``).
 
     References:
         Density estimation using Real NVP (Dinh et al., 2017, arXiv:1605.08803).
@@ -52,13 +57,16 @@ class RealNVP(Flow):
         n_layers: int = 5,
         hidden_sizes: Sequence[int] = (128, 128),
         context_size: int = 0,
+        activation: str = "relu",
     ) -> None:
-        couplings = [
-            AffineCoupling(
-                input_size, parity=i % 2, hidden_sizes=hidden_sizes, context_size=context_size
-            )
-            for i in range(n_layers)
-        ]
+        if input_size < 2:
+            raise ValueError(f"a coupling layer needs input_size >= 2, got {input_size}")
+        couplings = []
+        for i in range(n_layers):
+            mask = checkerboard_mask(input_size, i % 2)
+            n_out = int((~mask).sum()) * AffineTransformer.params_per_feature
+            net = MLP(int(mask.sum()), n_out, hidden_sizes, context_size, activation)
+            couplings.append(Coupling(AffineTransformer(), net, mask))
         super().__init__(Chain(ActNorm(input_size), *couplings))
 
 

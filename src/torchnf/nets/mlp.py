@@ -9,9 +9,19 @@ from torch import Tensor, nn
 
 from torchnf.nets.precision import ConditionerNet
 
+#: The hidden activations :class:`MLP` takes by name.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
 
 class MLP(ConditionerNet):
-    r"""Conditioner network ``params = g([x, c])``: a ReLU MLP over the input and the context.
+    r"""Conditioner network ``params = g([x, c])``: an MLP over the input and the context.
 
     The last layer is zero-initialized, so every transformer it drives starts as the
     identity map. Its layers run in ``compute_dtype`` when set (see
@@ -25,6 +35,9 @@ class MLP(ConditionerNet):
         output_size: number of outputs.
         hidden_sizes: widths of the hidden layers.
         context_size: size of the context concatenated to the input (0 for none).
+        activation: the hidden layers' activation, a key of :data:`ACTIVATIONS`
+            (``"relu"``, ``"tanh"`` as in the seeds, ``"leaky_relu"``, ``"elu"``, ``"gelu"``,
+            ``"silu"``).
 
     Example:
         >>> net = MLP(2, 4, hidden_sizes=(8,))
@@ -42,17 +55,20 @@ class MLP(ConditionerNet):
         output_size: int,
         hidden_sizes: Sequence[int] = (64, 64),
         context_size: int = 0,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         if input_size + context_size <= 0:
             raise ValueError("expected input_size + context_size > 0")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"expected activation in {sorted(ACTIVATIONS)}, got {activation!r}")
         self.input_size = input_size
         self.context_size = context_size
         sizes = [input_size + context_size, *hidden_sizes, output_size]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             if i:
-                layers.append(nn.ReLU())
+                layers.append(ACTIVATIONS[activation]())
             layers.append(nn.Linear(a, b))
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)
