@@ -4,6 +4,14 @@ Each layer keeps itself invertible through its parametrization (every optimizer 
 invertible) and inverts by reducing the map to increasing scalar equations, solved to ``tol``
 by :func:`torchnf.functional.solvers.solve_increasing`; a
 :class:`~torchnf.functional.solvers.ConvergenceError` reports the residual otherwise.
+
+Amortization (van den Berg et al., 2018): with ``context_size > 0``, a planar, radial or
+Sylvester layer's raw parameters become per-sample functions of the context,
+:math:`\theta(c) = \theta + W c`, an affine map whose intercept is the unconditional
+parameter and whose ``W`` (:class:`ContextOffsets`) starts at zero, so the layer starts as
+its unconditional self. The constraints that keep the map invertible are applied after the
+offset, so they hold for every context; the log-dets stay exact and the inverses solve each
+sample with its own parameters, vectorized over the batch.
 """
 
 from __future__ import annotations
@@ -18,9 +26,9 @@ from torch.nn.utils import parametrizations
 from torchnf.core.bijector import Bijector
 from torchnf.core.registry import register
 from torchnf.functional.affine import soft_clamp
-from torchnf.functional.linalg import householder_product
 from torchnf.functional.residual import (
     above_minus_one,
+    householder_columns,
     planar_constrain,
     planar_forward,
     planar_inverse,
@@ -30,6 +38,7 @@ from torchnf.functional.residual import (
     solve_tanh_residual,
     sylvester_forward,
     sylvester_inverse,
+    sylvester_triangular,
 )
 from torchnf.layers.linear import LUWeight
 from torchnf.nets.made import MADE
@@ -46,9 +55,69 @@ def _check_solver(tol: float | None, max_iter: int) -> None:
         raise ValueError(f"expected max_iter >= 1, got {max_iter}")
 
 
-@register("layer", example=lambda context_size: Planar(4, seed=1))
+class ContextOffsets(nn.Module):
+    r"""Per-sample offsets of a layer's raw parameters, linear in the context: ``W c``.
+
+    The amortization of van den Berg et al. (2018): an encoder's hidden features ``c`` map
+    linearly to flow parameters. ``W`` is zero-initialized (no bias: the layer's own
+    parameters are the intercept), so an amortized layer starts as its unconditional self.
+
+    Shapes: ``context`` is ``(*batch, context_size)``; each offset is ``(*batch, size)``, with
+    size 1 along the batch dimensions over which ``context`` is expanded (stride 0): the
+    offsets broadcast there, and are computed once per distinct context.
+
+    Arguments:
+        context_size: size of the context.
+        sizes: number of offsets of each named raw parameter (all positive).
+
+    Example:
+        >>> offsets = ContextOffsets(3, {"u": 4, "b": 1})
+        >>> {k: v.shape for k, v in offsets(torch.randn(5, 3)).items()}
+        {'u': torch.Size([5, 4]), 'b': torch.Size([5, 1])}
+        >>> offsets(torch.randn(5, 3).expand(100, 5, 3))["u"].shape
+        torch.Size([1, 5, 4])
+    """
+
+    def __init__(self, context_size: int, sizes: dict[str, int]) -> None:
+        super().__init__()
+        if context_size < 1 or min(sizes.values()) < 1:
+            raise ValueError(
+                f"expected a positive context_size and sizes, got {context_size}, {sizes}"
+            )
+        self.sizes = dict(sizes)
+        self.linear = nn.Linear(context_size, sum(sizes.values()), bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, context: Tensor) -> dict[str, Tensor]:
+        # A batch dimension along which the context was expanded (stride 0, as from
+        # ``Tensor.expand`` when several samples share one context) is computed once and kept
+        # at size 1: the layers' maths broadcasts it, so each distinct context costs one
+        # matrix exponential (say), however many samples use it.
+        distinct = tuple(
+            slice(0, 1) if stride == 0 else slice(None) for stride in context.stride()[:-1]
+        )
+        pieces = self.linear(context[distinct]).split(list(self.sizes.values()), dim=-1)
+        return dict(zip(self.sizes, pieces, strict=True))
+
+
+def _offsets(context_size: int, sizes: dict[str, int]) -> ContextOffsets | None:
+    return ContextOffsets(context_size, sizes) if context_size else None
+
+
+def _scatter(values: Tensor, index: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Matrices ``(*batch, *shape)``: ``values (*batch, n)`` at ``index (2, n)``, zero elsewhere."""
+    out = values.new_zeros(*values.shape[:-1], *shape)
+    out[..., index[0], index[1]] = values
+    return out
+
+
+@register(
+    "layer",
+    example=lambda context_size: Planar(4, seed=1, context_size=context_size),
+    conditional=True,
+)
 class Planar(Bijector):
-    r"""Planar flow ``y = f(x) = x + \hat u \tanh(w^\top x + b)``, with an exact inverse.
+    r"""Planar flow ``y = f(x | c) = x + \hat u \tanh(w^\top x + b)``, with an exact inverse.
 
     :math:`\hat u = u + (m(w^\top u) - w^\top u)\, w / \|w\|^2` with
     :math:`m(a) = -1 + \mathrm{softplus}(a)` keeps :math:`w^\top \hat u > -1`, so ``f`` is
@@ -59,13 +128,18 @@ class Planar(Bijector):
     :math:`w^\top \hat u + 1 = \mathrm{softplus}(w^\top u)` rounds to 0 once
     :math:`w^\top u < -37` in float64, -17 in float32: the map then has a point of zero slope.)
 
-    Shapes: ``x``, ``y`` are ``(*batch, D)``, ``log_det`` is ``(*batch,)``.
+    Amortized (``context_size > 0``): ``(u, w, b)`` are per sample,
+    :math:`(u, w, b) + W c` (:class:`ContextOffsets`), and the constraint applies to each.
+
+    Shapes: ``x``, ``y`` are ``(*batch, D)``, ``context`` is ``(*batch, context_size)``,
+    ``log_det`` is ``(*batch,)``.
 
     Arguments:
         input_size: number of features ``D``.
         tol: tolerance of the inverse (default: 1e-12 in float64, about 1e-6 in float32).
         max_iter: iteration limit of the inverse.
         seed: seed of the initial ``u`` and ``w``.
+        context_size: size of the context (0 for an unconditional layer).
 
     References:
         Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015,
@@ -77,30 +151,51 @@ class Planar(Bijector):
         >>> y, log_det = layer(x)
         >>> bool((layer.inverse(y) - x).abs().max() < 1e-10)
         True
+        >>> amortized = Planar(3, context_size=2).double()
+        >>> amortized(x, torch.randn(5, 2, dtype=torch.float64))[0].shape
+        torch.Size([5, 3])
     """
 
     def __init__(
-        self, input_size: int, tol: float | None = None, max_iter: int = 100, seed: int = 0
+        self,
+        input_size: int,
+        tol: float | None = None,
+        max_iter: int = 100,
+        seed: int = 0,
+        context_size: int = 0,
     ) -> None:
-        super().__init__(input_size)
+        super().__init__(input_size, context_size)
         _check_solver(tol, max_iter)
         self.tol, self.max_iter = tol, max_iter
         g = torch.Generator().manual_seed(seed)
         self.u = nn.Parameter(torch.randn(input_size, generator=g) / input_size**0.5)
         self.w = nn.Parameter(torch.randn(input_size, generator=g) / input_size**0.5)
         self.b = nn.Parameter(torch.zeros(()))
+        self.offsets = _offsets(context_size, {"u": input_size, "w": input_size, "b": 1})
+
+    def params(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(u, w, b)`` with ``u`` constrained: ``(D,), (D,), ()``, or per sample
+        ``(*batch, D), (*batch, D), (*batch,)`` for an amortized layer."""
+        u, w, b = self.u, self.w, self.b
+        if self.offsets is not None and context is not None:
+            d = self.offsets(context)
+            u, w, b = u + d["u"], w + d["w"], b + d["b"].squeeze(-1)
+        return planar_constrain(u, w), w, b
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return planar_forward(x, planar_constrain(self.u, self.w), self.w, self.b)
+        return planar_forward(x, *self.params(context))
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        u = planar_constrain(self.u, self.w)
-        return planar_inverse(y, u, self.w, self.b, self.tol, self.max_iter)
+        return planar_inverse(y, *self.params(context), self.tol, self.max_iter)
 
 
-@register("layer", example=lambda context_size: Radial(4, seed=1))
+@register(
+    "layer",
+    example=lambda context_size: Radial(4, seed=1, context_size=context_size),
+    conditional=True,
+)
 class Radial(Bijector):
-    r"""Radial flow ``y = f(x) = x + \frac{\beta}{\alpha + r}(x - x_0)``, :math:`r = \|x - x_0\|`.
+    r"""Radial flow ``y = f(x | c) = x + \frac{\beta}{\alpha + r}(x - x_0)``, ``r = |x - x_0|``.
 
     :math:`\alpha = \mathrm{softplus}(\cdot) > 0` and :math:`\beta = -\alpha +
     \mathrm{softplus}(\cdot) > -\alpha` keep ``f`` invertible. :math:`\log|\det| =
@@ -109,11 +204,16 @@ class Radial(Bijector):
     increasing in ``r`` and a quadratic with a closed-form non-negative root, so no
     iteration (and no ``tol``) is needed.
 
-    Shapes: ``x``, ``y`` are ``(*batch, D)``, ``log_det`` is ``(*batch,)``.
+    Amortized (``context_size > 0``): :math:`x_0` and the raw ``alpha``, ``beta`` are per
+    sample, offset by :math:`W c` (:class:`ContextOffsets`) before the constraints.
+
+    Shapes: ``x``, ``y`` are ``(*batch, D)``, ``context`` is ``(*batch, context_size)``,
+    ``log_det`` is ``(*batch,)``.
 
     Arguments:
         input_size: number of features ``D``.
         seed: seed of the initial center :math:`x_0`.
+        context_size: size of the context (0 for an unconditional layer).
 
     References:
         Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015,
@@ -126,29 +226,38 @@ class Radial(Bijector):
         True
     """
 
-    def __init__(self, input_size: int, seed: int = 0) -> None:
-        super().__init__(input_size)
+    def __init__(self, input_size: int, seed: int = 0, context_size: int = 0) -> None:
+        super().__init__(input_size, context_size)
         g = torch.Generator().manual_seed(seed)
         self.x0 = nn.Parameter(torch.randn(input_size, generator=g))
         self.alpha_raw = nn.Parameter(torch.zeros(()))
         self.beta_raw = nn.Parameter(torch.zeros(()))
+        self.offsets = _offsets(context_size, {"x0": input_size, "alpha": 1, "beta": 1})
 
-    def _params(self) -> tuple[Tensor, Tensor]:
-        alpha = F.softplus(self.alpha_raw)
-        return alpha, F.softplus(self.beta_raw) - alpha
+    def params(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The constrained ``(x_0, alpha, beta)``: ``(D,), (), ()``, or per sample
+        ``(*batch, D), (*batch, 1), (*batch, 1)`` for an amortized layer."""
+        x0, alpha_raw, beta_raw = self.x0, self.alpha_raw, self.beta_raw
+        if self.offsets is not None and context is not None:
+            d = self.offsets(context)
+            x0, alpha_raw, beta_raw = x0 + d["x0"], alpha_raw + d["alpha"], beta_raw + d["beta"]
+        alpha = F.softplus(alpha_raw)
+        return x0, alpha, F.softplus(beta_raw) - alpha
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return radial_forward(x, self.x0, *self._params())
+        return radial_forward(x, *self.params(context))
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return radial_inverse(y, self.x0, *self._params())
+        return radial_inverse(y, *self.params(context))
 
 
 class _OrthogonalColumns(nn.Module):
     """``Q (D, M)`` with orthonormal columns through ``parametrizations.orthogonal``.
 
     The matrix-exponential map without trivialization: ``Q`` is the first ``M`` columns of
-    ``exp(A)``, ``A`` skew-symmetric, orthonormal to the working precision in any dtype.
+    ``exp(A)``, ``A`` skew-symmetric, orthonormal to the working precision in any dtype. The
+    map reads only the lower triangle of the raw ``(D, M)`` weight, so those ``n_offsets``
+    entries are what an amortized block offsets.
     """
 
     def __init__(self, input_size: int, hidden_size: int, generator: torch.Generator) -> None:
@@ -157,9 +266,15 @@ class _OrthogonalColumns(nn.Module):
         parametrizations.orthogonal(
             self, "weight", orthogonal_map="matrix_exp", use_trivialization=False
         )
+        self.shape = (input_size, hidden_size)
+        self.n_offsets = len(torch.tril_indices(*self.shape)[0])
 
-    def forward(self) -> Tensor:
-        return self.weight
+    def forward(self, offset: Tensor | None = None) -> Tensor:
+        if offset is None:
+            return self.weight
+        index = torch.tril_indices(*self.shape, device=offset.device)
+        raw = self.parametrizations.weight.original + _scatter(offset, index, self.shape)
+        return self.parametrizations.weight[0](raw)
 
 
 class _HouseholderColumns(nn.Module):
@@ -173,9 +288,13 @@ class _HouseholderColumns(nn.Module):
             raise ValueError(f"expected n_reflections >= 1, got {n_reflections}")
         self.hidden_size = hidden_size
         self.vectors = nn.Parameter(torch.randn(n_reflections, input_size, generator=generator))
+        self.n_offsets = self.vectors.numel()
 
-    def forward(self) -> Tensor:
-        return householder_product(self.vectors)[:, : self.hidden_size]
+    def forward(self, offset: Tensor | None = None) -> Tensor:
+        vectors = self.vectors
+        if offset is not None:
+            vectors = vectors + offset.unflatten(-1, vectors.shape)
+        return householder_columns(vectors, self.hidden_size)
 
 
 class _PermutationColumns(nn.Module):
@@ -185,17 +304,24 @@ class _PermutationColumns(nn.Module):
         super().__init__()
         eye = torch.eye(input_size)
         self.register_buffer("weight", (eye.flip(1) if reverse else eye)[:, :hidden_size])
+        self.n_offsets = 0
 
-    def forward(self) -> Tensor:
+    def forward(self, offset: Tensor | None = None) -> Tensor:
         return self.weight
 
 
 Q_FORMS = ("orthogonal", "householder", "identity", "reverse")
 
 
-@register("layer", example=lambda context_size: SylvesterBlock(4, hidden_size=3, seed=1))
+@register(
+    "layer",
+    example=lambda context_size: SylvesterBlock(
+        4, hidden_size=3, seed=1, context_size=context_size
+    ),
+    conditional=True,
+)
 class SylvesterBlock(Bijector):
-    r"""Sylvester flow block ``y = f(x) = x + Q R_2 \tanh(R_1 Q^\top x + b)``, exact inverse.
+    r"""Sylvester flow block ``y = f(x | c) = x + Q R_2 \tanh(R_1 Q^\top x + b)``, exact inverse.
 
     ``Q`` is ``(D, M)`` with orthonormal columns, in one of three forms: ``"orthogonal"``
     (any such matrix, through ``torch.nn.utils.parametrizations.orthogonal``),
@@ -209,11 +335,18 @@ class SylvesterBlock(Bijector):
     :math:`\log|\det| = \sum_i \log(1 + r_{1,ii} r_{2,ii} \mathrm{sech}^2(a_i))`,
     :math:`a = R_1 Q^\top x + b`. Starts as the identity (``R_2 = 0``).
 
+    Amortized (``context_size > 0``), as in the paper's experiments: ``R_1``, ``R_2``
+    (their upper triangles), ``b`` and the raw parameters of ``Q`` (the orthogonal map's
+    lower triangle, or the reflection vectors; a permutation stays fixed) are per sample,
+    offset by :math:`W c` (:class:`ContextOffsets`) before the constraints, which then hold
+    for every context.
+
     Inverse: the part of ``y`` orthogonal to ``Q``'s columns passes unchanged; in
     Q-coordinates the map is triangular, solved from the last coordinate to the first, each an
     increasing scalar equation (:func:`~torchnf.functional.residual.sylvester_inverse`).
 
-    Shapes: ``x``, ``y`` are ``(*batch, D)``, ``log_det`` is ``(*batch,)``.
+    Shapes: ``x``, ``y`` are ``(*batch, D)``, ``context`` is ``(*batch, context_size)``,
+    ``log_det`` is ``(*batch,)``.
 
     Arguments:
         input_size: number of features ``D``.
@@ -223,6 +356,7 @@ class SylvesterBlock(Bijector):
         tol: tolerance of the inverse (default: 1e-12 in float64, about 1e-6 in float32).
         max_iter: iteration limit of the inverse, per coordinate.
         seed: seed of the initial ``Q``.
+        context_size: size of the context (0 for an unconditional block).
 
     References:
         Sylvester Normalizing Flows for Variational Inference (van den Berg et al., 2018,
@@ -234,6 +368,9 @@ class SylvesterBlock(Bijector):
         >>> y, log_det = block(x)
         >>> bool((block.inverse(y) - x).abs().max() < 1e-10)
         True
+        >>> amortized = SylvesterBlock(4, q="householder", context_size=3)
+        >>> [t.shape for t in amortized.params(torch.randn(5, 3))]
+        [torch.Size([5, 4, 4]), torch.Size([5, 4, 4]), torch.Size([5, 4, 4]), torch.Size([5, 4])]
     """
 
     def __init__(
@@ -245,8 +382,9 @@ class SylvesterBlock(Bijector):
         tol: float | None = None,
         max_iter: int = 100,
         seed: int = 0,
+        context_size: int = 0,
     ) -> None:
-        super().__init__(input_size)
+        super().__init__(input_size, context_size)
         hidden_size = input_size if hidden_size is None else hidden_size
         if not 1 <= hidden_size <= input_size:
             raise ValueError(
@@ -268,19 +406,35 @@ class SylvesterBlock(Bijector):
         self.r1 = nn.Parameter(torch.zeros(hidden_size, hidden_size))
         self.r2 = nn.Parameter(torch.zeros(hidden_size, hidden_size))
         self.b = nn.Parameter(torch.zeros(hidden_size))
+        n_upper = hidden_size * (hidden_size + 1) // 2
+        sizes = {"q": self.q.n_offsets, "r1": n_upper, "r2": n_upper, "b": hidden_size}
+        self.offsets = _offsets(context_size, {k: n for k, n in sizes.items() if n})
 
-    def triangular(self) -> tuple[Tensor, Tensor]:
-        """The constrained upper-triangular ``(R_1, R_2)``, each ``(M, M)``."""
-        d1 = soft_clamp(self.r1.diagonal(), DIAGONAL_LOG_BOUND).exp()
-        d2 = above_minus_one(self.r2.diagonal()) / d1
-        return self.r1.triu(1) + torch.diag(d1), self.r2.triu(1) + torch.diag(d2)
+    def params(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The constrained ``(Q, R_1, R_2, b)``: ``(D, M), (M, M), (M, M), (M,)``, or per
+        sample ``(*batch, D, M)``, ... for an amortized block (``Q`` stays shared when it is a
+        permutation)."""
+        r1, r2, b = self.r1, self.r2, self.b
+        if self.offsets is None or context is None:
+            return self.q(), *sylvester_triangular(r1, r2, DIAGONAL_LOG_BOUND), b
+        d = self.offsets(context)
+        m = self.hidden_size
+        upper = torch.triu_indices(m, m, device=context.device)
+        r1 = r1 + _scatter(d["r1"], upper, (m, m))
+        r2 = r2 + _scatter(d["r2"], upper, (m, m))
+        q = self.q(d.get("q"))
+        return q, *sylvester_triangular(r1, r2, DIAGONAL_LOG_BOUND), b + d["b"]
+
+    def triangular(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The constrained upper-triangular ``(R_1, R_2)``, each ``(M, M)`` (per sample
+        ``(*batch, M, M)`` for an amortized block)."""
+        return self.params(context)[1:3]
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return sylvester_forward(x, self.q(), *self.triangular(), self.b)
+        return sylvester_forward(x, *self.params(context))
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        r1, r2 = self.triangular()
-        return sylvester_inverse(y, self.q(), r1, r2, self.b, self.tol, self.max_iter)
+        return sylvester_inverse(y, *self.params(context), self.tol, self.max_iter)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden_size={self.hidden_size}, q={self.q_form!r}"
