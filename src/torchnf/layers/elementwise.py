@@ -70,7 +70,9 @@ class Softsquare(Elementwise):
 
     One :math:`a = e^{\cdot} > 0` and :math:`b = \mathrm{softplus}(\cdot) \ge 0` per event
     element keep ``f`` strictly increasing; it expands tails (quadratic growth), the inverse
-    of softlog's role. :math:`\log|\det| = \sum_i \log(a_i + 2 b_i |x_i|)`; the inverse is the
+    of softlog's role. It starts near the identity (:math:`a = 1`, :math:`b =
+    \mathrm{softplus}(-4) \approx 0.018`), as a layer in a deep chain should.
+    :math:`\log|\det| = \sum_i \log(a_i + 2 b_i |x_i|)`; the inverse is the
     closed-form root :math:`|x| = 2|y| / (a + \sqrt{a^2 + 4 b |y|})`.
 
     Shapes: ``x``, ``y`` are ``(*batch, *event_shape)``, ``log_det`` is ``(*batch,)``.
@@ -91,7 +93,7 @@ class Softsquare(Elementwise):
     def __init__(self, event_shape: Shape | int) -> None:
         super().__init__(event_shape)
         self.log_a = nn.Parameter(torch.zeros(self.event_shape))
-        self.b_raw = nn.Parameter(torch.zeros(self.event_shape))
+        self.b_raw = nn.Parameter(torch.full(self.event_shape, -4.0))
 
     def _coefficients(self) -> tuple[Tensor, Tensor]:
         return self.log_a.exp(), F.softplus(self.b_raw)
