@@ -7,6 +7,7 @@ from torchnf.models.nsf import NSF
 from torchnf.models.realnvp import NICE, RealNVP
 from torchnf.models.realnvp2d import RealNVP2d
 from torchnf.models.residual import GeneralizedSylvesterNet, PlanarFlow, RadialFlow, SylvesterNet
+from torchnf.models.vae import VAE
 
 __all__ = [
     "GeneralizedSylvesterNet",
@@ -21,4 +22,5 @@ __all__ = [
     "RealNVP",
     "RealNVP2d",
     "SylvesterNet",
+    "VAE",
 ]
