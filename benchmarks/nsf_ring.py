@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from torchnf import fit
+from torchnf.cli.trace import plot_trace, trace_labels
 from torchnf.data import get_target
 from torchnf.diagnostics import kl_divergence, trace
-from torchnf.cli.trace import plot_trace, trace_labels
 from torchnf.models import NSF
 
 

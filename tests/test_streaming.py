@@ -39,7 +39,8 @@ SCRIPT = textwrap.dedent(
     common = ["--model", "RealNVP", "--n-layers", "1", "--hidden-sizes", "8", "--steps", "3",
               "--batch-size", "64", "--log-every", "3", "--no-plots", "--quiet", "--out", out]
     # Warm up on a small built-in set: torch's one-time allocations are not the data's.
-    assert cli.main(["train", "--data", "moons", "--n-points", "1000", "--name", "warm", *common]) == 0
+    warm = ["train", "--data", "moons", "--n-points", "1000", "--name", "warm"]
+    assert cli.main([*warm, *common]) == 0
     base, peak, done = anonymous(), [0], [False]
 
     def watch() -> None:
