@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -10,6 +11,7 @@ from torch.distributions import Distribution, constraints
 
 from torchnf.core.bijector import Bijector, Shape
 from torchnf.distributions.base import BaseDistribution, StandardNormal
+from torchnf.layers.linear import _robust_center_scale
 
 _CAST = {
     torch.float32: "float()",
@@ -27,8 +29,18 @@ class Flow(Bijector):
     ``z, log_det = flow(x)`` and ``flow.inverse(z)`` work as for any layer.
 
     Shapes: ``x`` is ``(*batch, *event_shape)``; ``log_prob`` returns ``(*batch,)``;
-    ``sample(n, context)`` with ``context`` of shape ``(*batch, context_size)`` returns
-    ``(*n, *batch, *event_shape)``.
+    ``sample(n, context)`` with ``context`` of shape ``(*batch, *context_shape)`` returns
+    ``(*n, *batch, *event_shape)``. ``context_shape`` is ``(context_size,)`` for vector
+    contexts; a ``context_encoder`` may take raw contexts of any shape (a time series
+    ``(C, L)``, an image ``(C, H, W)``, a set of trials ``(n_trials, d)``, see
+    :mod:`torchnf.nets.embedding`), and ``context_size`` is then the number of scalars in
+    one raw context.
+
+    The raw context goes through ``c -> encoder((c - m) / s)`` once per call: ``m`` and ``s``
+    are the buffers of a :class:`ContextStandardizer`, set by :meth:`initialize` (which
+    ``fit`` calls on the first batch) from the training contexts with :class:`ActNorm`'s
+    robust statistics, and saved with the weights; until then it is the identity. So raw
+    simulator outputs of any location and scale train with the default settings.
 
     Inputs are checked statically (no device sync): besides the shape checks of every
     bijector, ``x``, ``y`` and ``context`` must have the floating dtype of the flow's first
@@ -38,10 +50,14 @@ class Flow(Bijector):
     Arguments:
         bijector: the map from data to latent space.
         base: base distribution over the bijector's output events (default standard normal).
-        context_encoder: optional module applied once per call to the raw context before it
-            reaches the bijector; it must map ``(*batch, context_size)`` to
-            ``(*batch, bijector.context_size)``.
-        context_size: size of the raw context (required with a ``context_encoder``).
+        context_encoder: optional module applied once per call to the (standardized) raw
+            context before it reaches the bijector; it must map ``(*batch, *context_shape)``
+            to ``(*batch, bijector.context_size)``.
+        context_size: size of a raw vector context (with a ``context_encoder``, unless
+            ``context_shape`` is given or the encoder has a ``context_shape`` attribute).
+        context_shape: shape of one raw context (with a ``context_encoder``; default: the
+            encoder's ``context_shape`` attribute, else ``(context_size,)``).
+        standardize_context: standardize contexts from the data at :meth:`initialize`.
 
     Example:
         >>> from torchnf.layers import Reverse
@@ -56,6 +72,8 @@ class Flow(Bijector):
         base: BaseDistribution | None = None,
         context_encoder: nn.Module | None = None,
         context_size: int | None = None,
+        context_shape: Shape | None = None,
+        standardize_context: bool = True,
     ) -> None:
         if base is None:
             base = StandardNormal(bijector.output_event_shape)
@@ -64,25 +82,65 @@ class Flow(Bijector):
                 f"base distribution events have shape {base.event_shape} but the bijector "
                 f"outputs {bijector.output_event_shape}"
             )
-        if context_encoder is not None and context_size is None:
-            raise ValueError("a context_encoder needs the raw context_size")
-        super().__init__(
-            bijector.event_shape,
-            bijector.context_size if context_size is None else context_size,
-            bijector.output_event_shape,
-        )
+        shape = _raw_context_shape(bijector, context_encoder, context_size, context_shape)
+        size = math.prod(shape) if shape else 0
+        super().__init__(bijector.event_shape, size, bijector.output_event_shape)
+        self.context_shape: Shape = shape if self.context_size else ()
         self.bijector = bijector
         self.base = base
+        self.context_standardizer = (
+            ContextStandardizer(shape, getattr(context_encoder, "feature_dim", None))
+            if self.context_size and standardize_context
+            else None
+        )
         self.context_encoder = context_encoder
         self.domain = bijector.domain
 
+    @property
+    def initialized(self) -> bool:
+        """Whether the context standardizer (if any) has been set by :meth:`initialize`."""
+        return self.context_standardizer is None or bool(self.context_standardizer.initialized)
+
     def _check(self, x: Tensor, context: Tensor | None, shape: Shape, name: str) -> Tensor | None:
-        checked = super()._check(x, context, shape, name)
         self._check_context_given(context)
+        if self.context_shape[-1:] == self.context_shape or context is None:  # vectors
+            checked = super()._check(x, context, shape, name)
+        else:  # a raw context of another shape: check it, then the batch as for vectors
+            self._check_raw_context(context)
+            batch = tuple(context.shape[: self._context_batch_dims(context)])
+            if isinstance(x, Tensor) and tuple(x.shape[x.dim() - len(shape) :]) == shape:
+                if tuple(x.shape[: x.dim() - len(shape)]) != batch:
+                    raise ValueError(
+                        f"{type(self).__name__}: expected context of shape "
+                        f"{tuple(x.shape[: x.dim() - len(shape)]) + self.context_shape} to match "
+                        f"{name} of shape {tuple(x.shape)}, got {tuple(context.shape)}"
+                    )
+            flat = context.reshape(*batch, -1)
+            checked = context if super()._check(x, flat, shape, name) is not None else None
         self._check_dtype(x, name)
         if checked is not None:
             self._check_dtype(checked, "context")
         return checked
+
+    def _context_batch_dims(self, context: Tensor) -> int:
+        return context.dim() - len(self.context_shape)
+
+    def _check_raw_context(self, context: Tensor) -> None:
+        """Refuse a context that is not a floating tensor of shape ``(..., *context_shape)``."""
+        shape = self.context_shape
+        if (
+            not isinstance(context, Tensor)
+            or not torch.is_floating_point(context)
+            or context.dim() < len(shape)
+            or tuple(context.shape[context.dim() - len(shape) :]) != shape
+        ):
+            expected = "(..., " + ", ".join(str(s) for s in shape) + ")"
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            dtype = getattr(context, "dtype", None)
+            raise ValueError(
+                f"expected a floating-point context of shape {expected}, got {got}"
+                + (f" of dtype {dtype}" if dtype is not None else "")
+            )
 
     def _check_context_given(self, context: Tensor | None) -> None:
         if context is not None and self.context_size == 0:
@@ -110,9 +168,11 @@ class Flow(Bijector):
             )
 
     def _encode(self, context: Tensor | None) -> Tensor | None:
-        if context is None or self.context_encoder is None:
-            return context
-        return self.context_encoder(context)
+        if context is None:
+            return None
+        if self.context_standardizer is not None:
+            context = self.context_standardizer(context)
+        return context if self.context_encoder is None else self.context_encoder(context)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return self.bijector(x, self._encode(context))
@@ -122,7 +182,11 @@ class Flow(Bijector):
 
     @torch.no_grad()
     def initialize(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Initialize the context standardizer on ``context`` (see the class), then every
+        data-dependent layer on the batch ``x`` it receives; return ``f(x | c)``."""
         context = self._check(x, context, self.event_shape, "x")
+        if self.context_standardizer is not None and context is not None:
+            self.context_standardizer.initialize(context)
         return self.bijector.initialize(x, self._encode(context))
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -148,16 +212,12 @@ class Flow(Bijector):
             if context is None:
                 raise ValueError(
                     "this flow is conditional: expected context of shape "
-                    f"(..., {self.context_size}), got None"
+                    f"(..., {', '.join(str(s) for s in self.context_shape)}), got None"
                 )
-            if not torch.is_floating_point(context) or context.shape[-1:] != (self.context_size,):
-                raise ValueError(
-                    f"expected a floating-point context of shape (..., {self.context_size}), "
-                    f"got {tuple(context.shape)} of dtype {context.dtype}"
-                )
+            self._check_raw_context(context)
             self._check_dtype(context, "context")
             encoded = self._encode(context)
-            batch = tuple(context.shape[:-1])
+            batch = tuple(context.shape[: self._context_batch_dims(context)])
             encoded = encoded.expand(*shape, *encoded.shape)
         else:
             encoded, batch = None, ()
@@ -221,8 +281,8 @@ class FlowDistribution(Distribution):
 
     Arguments:
         flow: the flow.
-        context: the conditioning context, ``(*batch, context_size)``; required exactly when
-            the flow is conditional.
+        context: the conditioning context, ``(*batch, *flow.context_shape)``; required exactly
+            when the flow is conditional.
 
     Example:
         >>> from torchnf.models import RealNVP
@@ -246,7 +306,7 @@ class FlowDistribution(Distribution):
         self.flow = flow
         self.context = context
         self._cache: tuple[Tensor, int, Tensor] | None = None
-        batch = () if context is None else tuple(context.shape[:-1])
+        batch = () if context is None else tuple(context.shape[: flow._context_batch_dims(context)])
         super().__init__(torch.Size(batch), torch.Size(flow.event_shape), validate_args=False)
 
     @property
@@ -270,7 +330,7 @@ class FlowDistribution(Distribution):
         new.flow = self.flow
         new.context = None
         if self.context is not None:
-            new.context = self.context.expand(*batch_shape, self.context.shape[-1])
+            new.context = self.context.expand(*batch_shape, *self.flow.context_shape)
         new._cache = None
         super(FlowDistribution, new).__init__(batch_shape, self.event_shape, validate_args=False)
         return new
@@ -279,7 +339,7 @@ class FlowDistribution(Distribution):
         if self.context is None:
             return None
         batch = value.shape[: value.dim() - len(self.event_shape)]
-        return self.context.expand(*batch, self.context.shape[-1])
+        return self.context.expand(*batch, *self.flow.context_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._cache is not None:
@@ -305,3 +365,108 @@ class FlowDistribution(Distribution):
         if torch.is_grad_enabled():
             self._cache = (x, x._version, log_prob)
         return x, log_prob
+
+
+class ContextStandardizer(nn.Module):
+    r"""``c -> (c - m) / s``: standardizes raw contexts, with ``m``, ``s`` set from data.
+
+    :meth:`initialize` sets the buffers ``center`` (``m``) and ``scale`` (``s > 0``) from a
+    batch of contexts with the robust statistics of :class:`~torchnf.layers.ActNorm` (mean and
+    standard deviation after winsorizing at the median plus or minus 5 robust scales), one pair
+    per entry of the feature axis ``feature_dim`` of the raw context (pooled over its other
+    axes: channels of a time series or an image, features of a set's trials), or per entry of
+    the whole raw context when ``feature_dim`` is ``None``. Entries of a row holding a NaN (a
+    padded trial, see :class:`~torchnf.nets.embedding.DeepSets`) are left out of the
+    statistics and stay NaN. Before initialization it is the identity.
+
+    Shapes: ``context`` is ``(*batch, *context_shape)``, and so is the output.
+
+    Arguments:
+        context_shape: shape of one raw context.
+        feature_dim: the feature axis, an index into ``context_shape`` (``None``: every entry).
+
+    Example:
+        >>> standardizer = ContextStandardizer((2,))
+        >>> c = torch.tensor([[1e6, 0.0], [3e6, 1.0]])
+        >>> standardizer.initialize(c)
+        >>> standardizer(c)
+        tensor([[-0.7071, -0.7071],
+                [ 0.7071,  0.7071]])
+    """
+
+    def __init__(self, context_shape: Shape, feature_dim: int | None = None) -> None:
+        super().__init__()
+        self.context_shape = tuple(context_shape)
+        if feature_dim is not None and not -len(context_shape) <= feature_dim < len(context_shape):
+            raise ValueError(
+                f"expected feature_dim in [{-len(context_shape)}, {len(context_shape)}) for "
+                f"contexts of shape {self.context_shape}, got {feature_dim}"
+            )
+        self.feature_dim = None if feature_dim is None else feature_dim % len(context_shape)
+        if self.feature_dim is None:
+            stat_shape = self.context_shape
+        else:
+            stat_shape = tuple(
+                n if i == self.feature_dim else 1 for i, n in enumerate(self.context_shape)
+            )
+        self.register_buffer("center", torch.zeros(stat_shape))
+        self.register_buffer("scale", torch.ones(stat_shape))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, context: Tensor) -> None:
+        """Set ``center`` and ``scale`` from the contexts ``(*batch, *context_shape)``."""
+        rank = len(self.context_shape)
+        if self.feature_dim is None:
+            rows = context.reshape(-1, math.prod(self.context_shape))
+        else:
+            axis = context.dim() - rank + self.feature_dim
+            rows = context.movedim(axis, -1).reshape(-1, self.context_shape[self.feature_dim])
+        rows = rows[~rows.isnan().any(dim=1)]
+        if len(rows) == 0:
+            raise ValueError("expected at least one context row without NaN to standardize")
+        center, scale = _robust_center_scale(rows, None)
+        self.center.copy_(center.reshape(self.center.shape))
+        self.scale.copy_(scale.reshape(self.scale.shape))
+        self.initialized.fill_(True)
+
+    def forward(self, context: Tensor) -> Tensor:
+        return (context - self.center) / self.scale
+
+    def extra_repr(self) -> str:
+        return f"context_shape={self.context_shape}, feature_dim={self.feature_dim}"
+
+
+def _raw_context_shape(
+    bijector: Bijector,
+    encoder: nn.Module | None,
+    context_size: int | None,
+    context_shape: Shape | None,
+) -> Shape:
+    """The shape of one raw context of a flow (see :class:`Flow`'s arguments)."""
+    if context_shape is not None:
+        shape = tuple(int(s) for s in context_shape)
+        if not shape or min(shape) < 1:
+            raise ValueError(f"expected a context_shape of positive sizes, got {context_shape}")
+        if context_size is not None and context_size != math.prod(shape):
+            raise ValueError(
+                f"expected context_size = prod(context_shape) = {math.prod(shape)}, "
+                f"got {context_size}"
+            )
+    elif context_size is not None:
+        shape = (int(context_size),) if context_size else ()
+    elif encoder is not None:
+        if getattr(encoder, "context_shape", None) is None:
+            raise ValueError(
+                "a context_encoder needs the raw context_size or context_shape (or a "
+                "context_shape attribute)"
+            )
+        shape = tuple(encoder.context_shape)
+    else:
+        shape = (bijector.context_size,) if bijector.context_size else ()
+    if encoder is None and shape != ((bijector.context_size,) if bijector.context_size else ()):
+        raise ValueError(
+            f"without a context_encoder the raw context is the bijector's, of shape "
+            f"({bijector.context_size},); got context shape {shape}"
+        )
+    return shape

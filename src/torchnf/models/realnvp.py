@@ -10,6 +10,7 @@ from torchnf.core.registry import register
 from torchnf.layers.coupling import AdditiveCoupling, Coupling, checkerboard_mask
 from torchnf.layers.linear import ActNorm
 from torchnf.layers.transformers import AffineTransformer
+from torchnf.nets.embedding import embedding_context
 from torchnf.nets.mlp import MLP
 
 
@@ -30,15 +31,25 @@ class RealNVP(Flow):
     conditioner with the given ``activation``) whose binary mask alternates between layers.
     The base is :math:`N(0, I)`.
 
-    Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
+    A conditional flow standardizes its raw contexts from the data at ``initialize`` (see
+    :class:`Flow`); with an ``embedding``, the conditioners see ``g(c)``, the embedding net's
+    output, learned jointly (:mod:`torchnf.nets.embedding`).
+
+    Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``, or
+    ``(*batch, *g.context_shape)`` with an embedding ``g``.
 
     Arguments:
         input_size: number of features ``D >= 2``.
         n_layers: number of coupling layers.
         hidden_sizes: widths of each conditioner MLP.
-        context_size: size of the context (0 for an unconditional flow).
+        context_size: size of the context (0 for an unconditional flow); with an
+            ``embedding``, 0 or its ``output_size``.
         activation: the conditioners' hidden activation (see :class:`MLP`; the seeds use
             ``"tanh"``).
+        embedding: the JSON spec of an embedding net for the context (see
+            :func:`~torchnf.nets.embedding.build_embedding`), e.g. ``{"name": "DeepSets",
+            "input_size": 2, "output_size": 16, "n_trials": 50}``; recorded in ``config``, so
+            a checkpoint rebuilds it.
 
     References:
         Density estimation using Real NVP (Dinh et al., 2017, arXiv:1605.08803).
@@ -58,16 +69,18 @@ class RealNVP(Flow):
         hidden_sizes: Sequence[int] = (128, 128),
         context_size: int = 0,
         activation: str = "relu",
+        embedding: dict | None = None,
     ) -> None:
         if input_size < 2:
             raise ValueError(f"a coupling layer needs input_size >= 2, got {input_size}")
+        encoder, context_size = embedding_context(embedding, context_size)
         couplings = []
         for i in range(n_layers):
             mask = checkerboard_mask(input_size, i % 2)
             n_out = int((~mask).sum()) * AffineTransformer.params_per_feature
             net = MLP(int(mask.sum()), n_out, hidden_sizes, context_size, activation)
             couplings.append(Coupling(AffineTransformer(), net, mask))
-        super().__init__(Chain(ActNorm(input_size), *couplings))
+        super().__init__(Chain(ActNorm(input_size), *couplings), context_encoder=encoder)
 
 
 @register(
