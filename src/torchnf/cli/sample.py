@@ -1,4 +1,9 @@
-"""``torchnf sample``: draw samples from a trained run and write them to a file."""
+"""``torchnf sample``: draw samples from a trained run and write them to a file.
+
+For a conditional run (``torchnf train --context``), ``--context FILE`` gives the observations:
+``N`` samples are drawn for each of its ``M`` rows, and the output holds ``M * N`` rows, the
+``N`` samples of context row 0 first, then those of row 1, and so on.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from torchnf.cli.common import (
     DEFAULT_DEVICE,
@@ -15,8 +21,9 @@ from torchnf.cli.common import (
     resolve_device,
     seed_int,
 )
+from torchnf.core.flow import Flow
 from torchnf.data.images import save_image_grid
-from torchnf.data.loaders import SUFFIXES, save_array
+from torchnf.data.loaders import SUFFIXES, load_array, save_array
 from torchnf.models.image import ImageFlow
 from torchnf.train.checkpoint import load
 
@@ -30,7 +37,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="a run directory written by `torchnf train`")
-    p.add_argument("-n", "--n-samples", type=positive_int, default=1000, help="number of samples N")
+    p.add_argument(
+        "-n",
+        "--n-samples",
+        type=positive_int,
+        default=1000,
+        help="number of samples N (per context row with --context)",
+    )
+    p.add_argument(
+        "--context",
+        type=nonempty_str,
+        default=None,
+        metavar="FILE",
+        help="a conditional run's observations: a .npy/.csv file with one context per row; "
+        "N samples are drawn per row and written row after row (those of row 0 first)",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -58,18 +79,59 @@ def run(args: argparse.Namespace) -> None:
     if output.suffix.lower() not in SUFFIXES and not grid:
         raise ValueError(f"{output}: expected a .npy, .csv or .png output file")
     flow = load(args.run, device=resolve_device(args.device))
-    if flow.context_size:
-        raise ValueError(f"{args.run}: the model is conditional; sample it from Python")
+    context = _context(args, flow)
     if grid and not isinstance(flow, ImageFlow):
         raise ValueError(f"{output}: a .png image grid needs an image run (--data digits, ...)")
     torch.manual_seed(args.seed)
-    chunks = [
-        flow.sample(min(args.batch_size, args.n_samples - start), temperature=args.temperature)
-        for start in range(0, args.n_samples, args.batch_size)
-    ]
+    if context is None:
+        chunks = [
+            flow.sample(min(args.batch_size, args.n_samples - start), temperature=args.temperature)
+            for start in range(0, args.n_samples, args.batch_size)
+        ]
+    else:
+        tensor = next(iter([*flow.parameters(), *flow.buffers()]))
+        chunks = _conditional_samples(flow, context.to(tensor.device, tensor.dtype), args)
     output.parent.mkdir(parents=True, exist_ok=True)
     if grid:
         save_image_grid(torch.cat(chunks).cpu(), output, flow.config["n_values"])
     else:
         save_array(torch.cat(chunks).cpu(), output)
-    print(f"wrote {args.n_samples} samples to {output}")
+    per_row = "" if context is None else f" for each of {len(context)} context rows"
+    print(f"wrote {args.n_samples} samples{per_row} to {output}")
+
+
+def _context(args: argparse.Namespace, flow: Flow) -> Tensor | None:
+    """The ``--context`` rows, checked against the run's flow (``None`` without it)."""
+    if args.context is None:
+        if flow.context_size:
+            raise ValueError(
+                f"{args.run}: the model is conditional; give --context FILE with one "
+                f"context of shape {flow.context_shape} per row"
+            )
+        return None
+    if not flow.context_size:
+        raise ValueError(f"{args.run}: the model is unconditional; drop --context")
+    if Path(args.output).suffix.lower() == ".png":
+        raise ValueError("--context: a .png image grid is for unconditional image runs")
+    context = load_array(args.context, dtype=torch.float64)
+    if tuple(context.shape[1:]) != flow.context_shape:
+        raise ValueError(
+            f"{args.context}: expected contexts of shape (M, "
+            f"{', '.join(map(str, flow.context_shape))}) for this run, got {tuple(context.shape)}"
+        )
+    return context
+
+
+def _conditional_samples(flow: Flow, context: Tensor, args: argparse.Namespace) -> list[Tensor]:
+    """``n`` samples per context row, row after row, in passes of about ``batch_size``."""
+    n, chunks = args.n_samples, []
+    rows = max(1, args.batch_size // n)
+    for start in range(0, len(context), rows):
+        block = context[start : start + rows]
+        parts = [
+            flow.sample(min(args.batch_size, n - first), block, temperature=args.temperature)
+            for first in range(0, n, args.batch_size)
+        ]  # each (m, rows, *event)
+        samples = torch.cat(parts).transpose(0, 1)  # (rows, n, *event)
+        chunks.append(samples.reshape(-1, *samples.shape[2:]))
+    return chunks

@@ -33,7 +33,7 @@ from torchnf.cli.training import add_fit_options, add_model_options, fit_options
 from torchnf.core import registry
 from torchnf.core.flow import Flow
 from torchnf.data.images import load_images, save_image_grid
-from torchnf.data.loaders import data_warnings, open_npy
+from torchnf.data.loaders import data_warnings, load_array, open_npy
 from torchnf.data.targets import TARGETS
 from torchnf.diagnostics.bits import bits_per_dim
 from torchnf.layers.preprocessing import dequantize
@@ -72,6 +72,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"it may be larger than memory), or images: 'digits' or an MNIST path (IDX, .gz, .npz or "
         f"a directory); images are dequantized, --n-points of them "
         f"(default: the first available of {', '.join(DEFAULT_DATA)})",
+    )
+    p.add_argument(
+        "--context",
+        type=nonempty_str,
+        default=None,
+        metavar="FILE",
+        help="a .npy/.csv file of conditioning values, one row per row of --data (e.g. "
+        "simulator outputs x for parameters theta): trains the conditional density "
+        "p(data | context), an amortized posterior; the model is built with context_size = the "
+        "file's columns, and contexts are standardized from the training rows",
     )
     p.add_argument(
         "--n-points", type=positive_int, default=20000, help="points drawn from a built-in data set"
@@ -137,12 +147,17 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     if args.threads is not None or features <= 100:
         torch.set_num_threads(args.threads or 1)
     flow = build_model(model_name, torch.Size(data.shape[1:]), args, n_values)
+    context = None
+    if args.context is not None:
+        context = load_context(args.context, len(data), images is not None)
+        flow = conditional_model(flow, model_name, context.shape[1])
     folder = run_folder(args, f"{Path(data_name).stem}-{model_name}".lower(), main_rank)
     tic = time.perf_counter()
     with folder:
         fit(
             flow,
             data,
+            context,
             val_fraction=args.val_fraction,
             run=folder,
             dequantize=args.dequantize,
@@ -151,6 +166,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
                 "input_size": features,
                 "seed": args.seed,
                 "n_values": n_values,
+                "context": args.context,
             },
             **fit_options(args, device),
         )
@@ -163,7 +179,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         plots = (
             []
             if args.no_plots
-            else write_plots(flow, shown, records, folder.dir, args.seed, n_values)
+            else write_plots(flow, shown, records, folder.dir, args.seed, n_values, context)
         )
     if not args.quiet:
         last = records[-1] if records else {}
@@ -183,6 +199,26 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
             print(f"test bits/dim on {data_name}: {bits:.4f} over {len(test)} images")
 
 
+def load_context(path: str, n_rows: int, images: bool) -> Tensor:
+    """The ``--context`` file: ``(n_rows, k)`` finite values, one row per data row."""
+    if images:
+        raise ValueError("--context is for vector data (.npy/.csv), not images")
+    context = load_array(path)
+    if context.dim() != 2 or len(context) != n_rows:
+        raise ValueError(
+            f"{path}: expected one context row per data row, shape ({n_rows}, k), got "
+            f"{tuple(context.shape)}"
+        )
+    return context
+
+
+def conditional_model(flow: Flow, model_name: str, context_size: int) -> Flow:
+    """``flow``'s model rebuilt from its recorded config with ``context_size``."""
+    if "context_size" not in getattr(flow, "config", {}):
+        raise ValueError(f"--context: {model_name} takes no context; use RealNVP, MAF or NSF")
+    return registry.build(model_name, {**flow.config, "context_size": context_size})
+
+
 def write_plots(
     flow: Flow,
     data: Tensor,
@@ -190,6 +226,7 @@ def write_plots(
     run: Path,
     seed: int,
     n_values: int | None = None,
+    context: Tensor | None = None,
 ) -> list[Path]:
     """Write the run's PNG plots.
 
@@ -200,15 +237,22 @@ def write_plots(
         run: the run directory.
         seed: the seed of the samples.
         n_values: the number of pixel values of image data (``None`` for other data).
+        context: the training contexts of a conditional flow: the samples are then drawn one
+            per context row (the first rows), next to the data of those rows.
 
     Returns:
-        The paths written: the training curve, the learned density (1-D and 2-D data) and
-        samples (an image grid for image data).
+        The paths written: the training curve, the learned density (1-D and 2-D
+        unconditional data) and samples (an image grid for image data).
     """
     from torchnf import plotting
 
     flow.eval()
     paths = [plotting.plot_history(records, run / "loss.png")]
+    if context is not None:
+        torch.manual_seed(seed)
+        rows = context[:5000].to(next(flow.parameters()).device)
+        samples = flow.sample((), rows).cpu()
+        return [*paths, plotting.plot_samples(samples, data[: len(samples)], run / "samples.png")]
     if data.dim() == 2 and data.shape[1] <= 2:
         paths.append(plotting.plot_density(flow, data, run / "density.png"))
     torch.manual_seed(seed)
