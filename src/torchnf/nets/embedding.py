@@ -40,11 +40,13 @@ class Embedding(nn.Module):
     ``context_shape`` that the flow's standardizer keeps one mean and scale per entry of) and
     writes ``_embed(c)`` on ``(M, *context_shape)``, returning ``(M, output_size)``. Its
     constructor's arguments, recorded in ``config``, rebuild it (:func:`build_embedding`).
+    ``nan_padding`` says whether NaN in a context marks padding (data checks must let it in).
     """
 
     context_shape: tuple[int, ...]
     output_size: int
     feature_dim: int | None = 0
+    nan_padding: bool = False
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
@@ -347,6 +349,7 @@ class DeepSets(Embedding):
     """
 
     feature_dim = 1
+    nan_padding = True
 
     def __init__(
         self,
