@@ -119,13 +119,14 @@ def _mlp_coupling_args(
     parity: int,
     hidden_sizes: Sequence[int],
     context_size: int,
+    activation: str,
 ) -> tuple[Transformer, MLP, Tensor]:
     if input_size < 2:
         raise ValueError(f"a coupling layer needs input_size >= 2, got {input_size}")
     mask = checkerboard_mask(input_size, parity) if mask is None else torch.as_tensor(mask)
     n_kept = int(mask.sum())
     n_out = (input_size - n_kept) * transformer.params_per_feature
-    return transformer, MLP(n_kept, n_out, hidden_sizes, context_size), mask
+    return transformer, MLP(n_kept, n_out, hidden_sizes, context_size, activation), mask
 
 
 @register(
@@ -146,6 +147,7 @@ class AffineCoupling(Coupling):
         hidden_sizes: widths of the conditioner MLP.
         context_size: size of the context (0 for none).
         scale_bound: bound on the log-scale.
+        activation: the conditioner's hidden activation (see :class:`~torchnf.nets.MLP`).
 
     References:
         Density estimation using Real NVP (Dinh et al., 2017, arXiv:1605.08803).
@@ -165,10 +167,12 @@ class AffineCoupling(Coupling):
         hidden_sizes: Sequence[int] = (64, 64),
         context_size: int = 0,
         scale_bound: float = 3.0,
+        activation: str = "relu",
     ) -> None:
+        transformer = AffineTransformer(scale_bound)
         super().__init__(
             *_mlp_coupling_args(
-                AffineTransformer(scale_bound), input_size, mask, parity, hidden_sizes, context_size
+                transformer, input_size, mask, parity, hidden_sizes, context_size, activation
             )
         )
 
@@ -202,9 +206,16 @@ class AdditiveCoupling(Coupling):
         parity: int = 0,
         hidden_sizes: Sequence[int] = (64, 64),
         context_size: int = 0,
+        activation: str = "relu",
     ) -> None:
         super().__init__(
             *_mlp_coupling_args(
-                AdditiveTransformer(), input_size, mask, parity, hidden_sizes, context_size
+                AdditiveTransformer(),
+                input_size,
+                mask,
+                parity,
+                hidden_sizes,
+                context_size,
+                activation,
             )
         )

@@ -7,11 +7,9 @@ from collections.abc import Sequence
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
-from torchnf.layers.coupling import AdditiveCoupling, Coupling, checkerboard_mask
+from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling
 from torchnf.layers.linear import ActNorm
-from torchnf.layers.transformers import AffineTransformer
 from torchnf.nets.embedding import embedding_context
-from torchnf.nets.mlp import MLP
 
 
 @register(
@@ -74,12 +72,16 @@ class RealNVP(Flow):
         if input_size < 2:
             raise ValueError(f"a coupling layer needs input_size >= 2, got {input_size}")
         encoder, context_size = embedding_context(embedding, context_size)
-        couplings = []
-        for i in range(n_layers):
-            mask = checkerboard_mask(input_size, i % 2)
-            n_out = int((~mask).sum()) * AffineTransformer.params_per_feature
-            net = MLP(int(mask.sum()), n_out, hidden_sizes, context_size, activation)
-            couplings.append(Coupling(AffineTransformer(), net, mask))
+        couplings = [
+            AffineCoupling(
+                input_size,
+                parity=i % 2,
+                hidden_sizes=hidden_sizes,
+                context_size=context_size,
+                activation=activation,
+            )
+            for i in range(n_layers)
+        ]
         super().__init__(Chain(ActNorm(input_size), *couplings), context_encoder=encoder)
 
 
