@@ -327,3 +327,26 @@ def test_a_memory_mapped_nan_is_found_in_a_late_chunk(moons, tmp_path):
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(ValueError, match=r"found NaN at row 1900 \(column 1\)"):
         torchnf.fit(small_flow(), str(tmp_path / "x.npy"), steps=1, progress=False)
+
+
+def test_fit_takes_raw_contexts_of_an_embedding_net():
+    # theta ~ N(0, 1); x = 3 to 8 noisy i.i.d. trials of theta, NaN-padded to 8 rows: the
+    # posterior is N(n y / (n + 1), 1 / (n + 1)) with y the trials' mean (noise sd 1).
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(3000, 2, generator=g)
+    trials = theta[:, None, :] + torch.randn(3000, 8, 2, generator=g)
+    counts = torch.randint(3, 9, (3000,), generator=g)
+    trials[torch.arange(8) >= counts[:, None]] = float("nan")
+    torch.manual_seed(0)
+    spec = {"name": "DeepSets", "input_size": 2, "output_size": 8, "n_trials": 8}
+    flow = RealNVP(2, n_layers=2, hidden_sizes=(16,), embedding=spec)
+    history = torchnf.fit(flow, theta, trials, steps=200, **{**OPTIONS, "log_every": 200})
+    prior_nll = 2 * 0.5 * (1 + np.log(2 * np.pi))  # 2.84 nats: what ignoring x would give
+    assert history["val_nll"][-1] < prior_nll - 0.5
+
+
+def test_an_embedding_nets_contexts_are_checked_for_shape():
+    spec = {"name": "DeepSets", "input_size": 2, "output_size": 8, "n_trials": 8}
+    flow = RealNVP(2, n_layers=1, hidden_sizes=(8,), embedding=spec)
+    with pytest.raises(ValueError, match=r"expected context of shape \(N, 8, 2\)"):
+        torchnf.fit(flow, torch.zeros(300, 2), torch.zeros(300, 8), steps=1, progress=False)

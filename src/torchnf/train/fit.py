@@ -113,7 +113,9 @@ def fit(
             its rows, so the file may be larger than memory), a map-style
             :class:`~torch.utils.data.Dataset` of points or ``(point, context)`` pairs, or a
             :class:`~torch.utils.data.DataLoader` (its order and batches are then the user's).
-        context: ``(N, context_size)`` conditioning values for a conditional flow.
+        context: ``(N, *flow.context_shape)`` conditioning values for a conditional flow
+            (``(N, context_size)`` for vector contexts; an embedding net's raw contexts
+            otherwise, NaN allowed where the net treats it as padding).
         target: instead of data, the log-density to fit by reverse KL: a callable on
             ``(n, *event_shape)`` points returning ``(n,)`` (unnormalized is fine), an object
             with such a ``log_prob`` method, or a ``torch.distributions.Distribution``
@@ -224,7 +226,8 @@ def fit(
             context,
             val_data=val_data,
             event_shape=tuple(flow.event_shape),
-            context_size=flow.context_size,
+            context_shape=tuple(flow.context_shape),
+            context_padding=bool(getattr(flow.context_encoder, "nan_padding", False)),
             batch_size=batch_size,
             val_fraction=val_fraction,
             seed=seed,

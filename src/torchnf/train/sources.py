@@ -77,9 +77,12 @@ class RowSource(DataSource):
         data: ``(N, *event_shape)`` points: a tensor, a NumPy array (a ``np.memmap`` is read
             row by row), a path to a ``.npy`` file (memory-mapped), or a ``Dataset`` whose
             items are points or ``(point, context)`` pairs.
-        context: ``(N, context_size)`` conditioning values (tensor or array), or ``None``.
+        context: ``(N, *context_shape)`` conditioning values (tensor or array), or ``None``.
         event_shape: the shape of one point (the flow's).
-        context_size: the flow's context size (0: unconditional).
+        context_shape: the shape of one raw context, the flow's ``context_shape`` (``()``:
+            unconditional).
+        context_padding: NaN in a context is padding (an embedding net that masks it, e.g.
+            :class:`~torchnf.nets.DeepSets`), not bad data: only inf is refused.
         batch_size: global batch size.
         val_fraction: fraction of the rows held out for validation.
         seed: seed of the split and of each epoch's order.
@@ -97,7 +100,7 @@ class RowSource(DataSource):
         context: Any,
         *,
         event_shape: tuple[int, ...],
-        context_size: int,
+        context_shape: tuple[int, ...],
         batch_size: int,
         val_fraction: float,
         seed: int,
@@ -106,6 +109,7 @@ class RowSource(DataSource):
         rank: int = 0,
         world: int = 1,
         dequantize: bool = False,
+        context_padding: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"expected batch_size >= 1, got {batch_size}")
@@ -115,7 +119,9 @@ class RowSource(DataSource):
             raise ValueError(
                 f"expected a batch_size divisible by the {world} processes, got {batch_size}"
             )
-        self._table = _table(data, context, event_shape, context_size, device, dtype)
+        self._table = _table(
+            data, context, event_shape, _Contexts(context_shape, context_padding), device, dtype
+        )
         n = len(self._table)
         n_val = math.ceil(n * val_fraction) if val_fraction else 0
         if n - n_val < batch_size:
@@ -183,9 +189,10 @@ class LoaderSource(DataSource):
         val_loader: DataLoader | None,
         *,
         event_shape: tuple[int, ...],
-        context_size: int,
+        context_shape: tuple[int, ...],
         device: torch.device,
         dtype: torch.dtype,
+        context_padding: bool = False,
     ) -> None:
         try:
             self.steps_per_epoch = len(loader)
@@ -195,7 +202,8 @@ class LoaderSource(DataSource):
             raise ValueError("expected a DataLoader with at least one batch, got an empty one")
         self.loader, self.val_loader = loader, val_loader
         self.has_validation = val_loader is not None
-        self._convert = _BatchConverter(event_shape, context_size, device, dtype)
+        contexts = _Contexts(context_shape, context_padding)
+        self._convert = _BatchConverter(event_shape, contexts, device, dtype)
         self._epoch, self._iterator, self._next = -1, iter(()), 0
 
     def batch(self, step: int) -> Batch:
@@ -285,7 +293,7 @@ def make_source(
             )
         if val_data is not None and not isinstance(val_data, DataLoader):
             raise ValueError(f"expected val_data to be a DataLoader, got {type(val_data).__name__}")
-        keys = ("event_shape", "context_size", "device", "dtype")
+        keys = ("event_shape", "context_shape", "device", "dtype", "context_padding")
         return LoaderSource(data, val_data, **{key: options[key] for key in keys})
     if val_data is not None:
         raise ValueError("val_data is for a DataLoader; other data are split by val_fraction")
@@ -415,17 +423,50 @@ class _DatasetTable(_Table):
         return {"kind": type(self.dataset).__name__, "length": n, "sample_hash": digest.hexdigest()}
 
 
+class _Contexts:
+    """What the flow takes as a context: ``shape`` of one raw context (``()``: none), and
+    whether NaN in it is padding (checked for inf only) rather than bad data."""
+
+    def __init__(self, shape: tuple[int, ...], padding: bool) -> None:
+        self.shape, self.padding = tuple(shape), padding
+
+    def check(self, context: Any, n: int | None, name: str = "context") -> Tensor | None:
+        """``context`` as a checked float tensor of ``n`` rows, or ``None`` when the flow is
+        unconditional and none was given; refuses a missing or unexpected context."""
+        if context is None:
+            if self.shape:
+                expected = ", ".join(["N", *(str(s) for s in self.shape)])
+                raise ValueError(
+                    f"the flow is conditional: expected a {name} of shape ({expected})"
+                )
+            return None
+        if not self.shape:
+            raise ValueError(
+                f"a {name} was given but the flow is unconditional (context_size=0); drop the "
+                "context or build the flow with context_size"
+            )
+        c = _as_checked_tensor(context, self.shape, name, check=False)
+        # NaN as padding: the rest (shape, dtype, inf) is checked as data would be.
+        shown = (
+            torch.nan_to_num(c, nan=0.0, posinf=math.inf, neginf=-math.inf) if self.padding else c
+        )
+        check_data(shown, self.shape, name)
+        if n is not None and len(c) != n:
+            raise ValueError(f"expected {n} {name} rows to match the data, got {len(c)}")
+        return c
+
+
 class _BatchConverter:
     """Checks a collated batch (points, or ``(points, context)``) and moves it to the device."""
 
     def __init__(
         self,
         event_shape: tuple[int, ...],
-        context_size: int,
+        contexts: _Contexts,
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        self.event_shape, self.context_size = event_shape, context_size
+        self.event_shape, self.contexts = event_shape, contexts
         self.device, self.dtype = device, dtype
 
     def __call__(self, item: Any, where: str) -> Batch:
@@ -436,15 +477,12 @@ class _BatchConverter:
         else:
             x, context = item, None
         x = check_data(_as_float_tensor(x, where), self.event_shape, f"points in {where}")
-        if self.context_size and context is None:
+        if context is None and self.contexts.shape:
             raise ValueError(f"{where}: the flow is conditional; yield (points, context) pairs")
-        if context is not None:
-            if not self.context_size:
-                raise ValueError(f"{where}: a context was given to an unconditional flow")
-            name = f"context in {where}"
-            context = check_data(_as_float_tensor(context, where), (self.context_size,), name)
-            context = context.to(self.device, self.dtype)
-        return Batch(x.to(self.device, self.dtype), context)
+        c = self.contexts.check(context, len(x), f"context in {where}")
+        return Batch(
+            x.to(self.device, self.dtype), None if c is None else c.to(self.device, self.dtype)
+        )
 
 
 def _as_float_tensor(value: Any, where: str) -> Tensor:
@@ -462,7 +500,7 @@ def _table(
     data: Any,
     context: Any,
     event_shape: tuple[int, ...],
-    context_size: int,
+    contexts: _Contexts,
     device: torch.device,
     dtype: torch.dtype,
 ) -> _Table:
@@ -471,43 +509,36 @@ def _table(
         if context is not None:
             raise ValueError("a Dataset carries its own context: make items (point, context)")
         rows = np.arange(len(data))
-        return _DatasetTable(data, rows, _BatchConverter(event_shape, context_size, device, dtype))
+        return _DatasetTable(data, rows, _BatchConverter(event_shape, contexts, device, dtype))
     origin = "array"
     if isinstance(data, str | Path):
         origin, data = str(data), open_npy(data)
     if isinstance(data, np.memmap):
         _check_array(data, event_shape, "data", origin)
-        c = None if context is None else _context_array(context, len(data), context_size)
-        if c is None and context_size:
-            _missing_context(context_size)
-        return _ArrayTable(data, c, np.arange(len(data)), device, dtype, origin)
+        c = contexts.check(context, len(data))
+        array = None if c is None else c.cpu().numpy()
+        return _ArrayTable(data, array, np.arange(len(data)), device, dtype, origin)
     x = _as_checked_tensor(data, event_shape, "data")
-    c = None
-    if context is not None or context_size:
-        if context is None:
-            _missing_context(context_size)
-        if not context_size:
-            raise ValueError(
-                "a context was given but the flow is unconditional (context_size=0); drop the "
-                "context or build the flow with context_size"
-            )
-        c = _as_checked_tensor(context, (context_size,), "context")
-        if len(c) != len(x):
-            raise ValueError(f"expected {len(x)} context rows to match the data, got {len(c)}")
-        c = c.to(device, dtype)
+    c = contexts.check(context, len(x))
+    c = None if c is None else c.to(device, dtype)
     return _TensorTable(x.to(device, dtype), c, (data, context))
 
 
-def _missing_context(context_size: int) -> None:
-    raise ValueError(f"the flow is conditional: expected a context of shape (N, {context_size})")
-
-
-def _as_checked_tensor(data: Any, event_shape: tuple[int, ...], name: str) -> Tensor:
+def _as_checked_tensor(
+    data: Any, event_shape: tuple[int, ...], name: str, check: bool = True
+) -> Tensor:
+    """``data`` (a tensor or floating NumPy array) as a tensor, checked by :func:`check_data`
+    (shape, dtype, finiteness), or, when ``check`` is false, for its dtype only."""
     if isinstance(data, np.ndarray):
         if data.dtype.kind != "f":
             raise ValueError(f"expected floating-point {name}, got dtype {data.dtype}")
-        data = torch.from_numpy(data)
-    return check_data(data, event_shape, name)
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    if check:
+        return check_data(data, event_shape, name)
+    if not isinstance(data, Tensor) or not torch.is_floating_point(data):
+        kind = data.dtype if isinstance(data, Tensor) else type(data).__name__
+        raise ValueError(f"expected a floating-point {name}, got {kind}")
+    return data
 
 
 def _check_array(array: np.ndarray, event_shape: tuple[int, ...], name: str, origin: str) -> None:
@@ -516,15 +547,3 @@ def _check_array(array: np.ndarray, event_shape: tuple[int, ...], name: str, ori
         expected = ", ".join(["N", *(str(s) for s in event_shape)])
         raise ValueError(f"expected {where} of shape ({expected}), got {tuple(array.shape)}")
     check_finite_chunked(array, where)
-
-
-def _context_array(context: Any, n: int, context_size: int) -> np.ndarray:
-    if not context_size:
-        raise ValueError("a context was given but the flow is unconditional (context_size=0)")
-    array = context.detach().cpu().numpy() if isinstance(context, Tensor) else np.asarray(context)
-    if array.dtype.kind != "f":
-        raise ValueError(f"expected floating-point context, got dtype {array.dtype}")
-    if array.shape != (n, context_size):
-        raise ValueError(f"expected context of shape ({n}, {context_size}), got {array.shape}")
-    check_finite_chunked(array, "context")
-    return array
