@@ -119,7 +119,7 @@ def _mlp_coupling_args(
     parity: int,
     hidden_sizes: Sequence[int],
     context_size: int,
-    activation: str,
+    activation: str = "relu",
 ) -> tuple[Transformer, MLP, Tensor]:
     if input_size < 2:
         raise ValueError(f"a coupling layer needs input_size >= 2, got {input_size}")
