@@ -1,6 +1,7 @@
 """Invertible layers, one family a module."""
 
 from torchnf.layers.autoregressive import MaskedAffineAutoregressive, MaskedAutoregressive
+from torchnf.layers.bounds import BoundedSupport
 from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, checkerboard_mask
 from torchnf.layers.elementwise import Logit, Sigmoid, Softlog, Softsquare
 from torchnf.layers.image import (
@@ -31,6 +32,7 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "AffineImageCoupling",
+    "BoundedSupport",
     "Coupling",
     "Flatten",
     "GeneralizedSylvesterBlock",

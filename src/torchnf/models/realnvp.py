@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
+from torchnf.layers.bounds import Bound, support_layers
 from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling
 from torchnf.layers.linear import ActNorm
 from torchnf.nets.embedding import embedding_context
@@ -48,6 +49,9 @@ class RealNVP(Flow):
             :func:`~torchnf.nets.embedding.build_embedding`), e.g. ``{"name": "DeepSets",
             "input_size": 2, "output_size": 16, "n_trials": 50}``; recorded in ``config``, so
             a checkpoint rebuilds it.
+        bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
+            ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
+            before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
 
     References:
         Density estimation using Real NVP (Dinh et al., 2017, arXiv:1605.08803).
@@ -68,6 +72,7 @@ class RealNVP(Flow):
         context_size: int = 0,
         activation: str = "relu",
         embedding: dict | None = None,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
         if input_size < 2:
             raise ValueError(f"a coupling layer needs input_size >= 2, got {input_size}")
@@ -82,7 +87,8 @@ class RealNVP(Flow):
             )
             for i in range(n_layers)
         ]
-        super().__init__(Chain(ActNorm(input_size), *couplings), context_encoder=encoder)
+        layers = [*support_layers(bounds, input_size), ActNorm(input_size), *couplings]
+        super().__init__(Chain(*layers), context_encoder=encoder)
 
 
 @register(
@@ -105,6 +111,9 @@ class NICE(Flow):
         n_layers: number of coupling layers.
         hidden_sizes: widths of each conditioner MLP.
         context_size: size of the context (0 for an unconditional flow).
+        bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
+            ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
+            before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
 
     References:
         NICE: Non-linear Independent Components Estimation (Dinh et al., 2014,
@@ -122,6 +131,7 @@ class NICE(Flow):
         n_layers: int = 5,
         hidden_sizes: Sequence[int] = (128, 128),
         context_size: int = 0,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
         couplings = [
             AdditiveCoupling(
@@ -129,4 +139,5 @@ class NICE(Flow):
             )
             for i in range(n_layers)
         ]
-        super().__init__(Chain(ActNorm(input_size), *couplings, ActNorm(input_size)))
+        layers = [*support_layers(bounds, input_size), ActNorm(input_size), *couplings]
+        super().__init__(Chain(*layers, ActNorm(input_size)))

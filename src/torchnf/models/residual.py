@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
+from torchnf.layers.bounds import Bound, support_layers
 from torchnf.layers.linear import ActNorm
 from torchnf.layers.residual import GeneralizedSylvesterBlock, Planar, Radial, SylvesterBlock
 
@@ -27,6 +28,9 @@ class PlanarFlow(Flow):
         n_layers: number of planar layers.
         tol: tolerance of each layer's inverse (default: per dtype, see :class:`Planar`).
         max_iter: iteration limit of each layer's inverse.
+        bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
+            ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
+            before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
 
     References:
         Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015,
@@ -39,10 +43,15 @@ class PlanarFlow(Flow):
     """
 
     def __init__(
-        self, input_size: int, n_layers: int = 16, tol: float | None = None, max_iter: int = 100
+        self,
+        input_size: int,
+        n_layers: int = 16,
+        tol: float | None = None,
+        max_iter: int = 100,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
         layers = [Planar(input_size, tol, max_iter, seed=i) for i in range(n_layers)]
-        super().__init__(Chain(ActNorm(input_size), *layers))
+        super().__init__(Chain(*support_layers(bounds, input_size), ActNorm(input_size), *layers))
 
 
 @register("model", example=lambda context_size: RadialFlow(3, n_layers=2))
@@ -58,6 +67,9 @@ class RadialFlow(Flow):
     Arguments:
         input_size: number of features ``D``.
         n_layers: number of radial layers.
+        bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
+            ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
+            before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
 
     References:
         Variational Inference with Normalizing Flows (Rezende & Mohamed, 2015,
@@ -70,9 +82,11 @@ class RadialFlow(Flow):
         True
     """
 
-    def __init__(self, input_size: int, n_layers: int = 16) -> None:
+    def __init__(
+        self, input_size: int, n_layers: int = 16, bounds: Sequence[Bound] | None = None
+    ) -> None:
         layers = [Radial(input_size, seed=i) for i in range(n_layers)]
-        super().__init__(Chain(ActNorm(input_size), *layers))
+        super().__init__(Chain(*support_layers(bounds, input_size), ActNorm(input_size), *layers))
 
 
 @register(
@@ -101,6 +115,9 @@ class SylvesterNet(Flow):
         tol: tolerance of each block's inverse (default: per dtype, see
             :class:`SylvesterBlock`).
         max_iter: iteration limit of each block's inverse, per coordinate.
+        bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
+            ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
+            before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
 
     References:
         Sylvester Normalizing Flows for Variational Inference (van den Berg et al., 2018,
@@ -124,6 +141,7 @@ class SylvesterNet(Flow):
         n_reflections: int | None = None,
         tol: float | None = None,
         max_iter: int = 100,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
         if q not in ("orthogonal", "householder", "triangular"):
             raise ValueError(f"expected q 'orthogonal', 'householder' or 'triangular', got {q!r}")
@@ -139,7 +157,7 @@ class SylvesterNet(Flow):
             )
             for i in range(n_layers)
         ]
-        super().__init__(Chain(ActNorm(input_size), *blocks))
+        super().__init__(Chain(*support_layers(bounds, input_size), ActNorm(input_size), *blocks))
 
 
 @register(
@@ -167,6 +185,9 @@ class GeneralizedSylvesterNet(Flow):
         context_size: size of the context (0 for an unconditional flow).
         tol: tolerance of each block's inverse (default: per dtype).
         max_iter: iteration limit of each block's inverse, per coordinate.
+        bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
+            ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
+            before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
 
     References:
         The Convolution Exponential and Generalized Sylvester Flows (Hoogeboom et al., 2020,
@@ -187,6 +208,7 @@ class GeneralizedSylvesterNet(Flow):
         context_size: int = 0,
         tol: float | None = None,
         max_iter: int = 100,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
         blocks = [
             GeneralizedSylvesterBlock(
@@ -194,4 +216,4 @@ class GeneralizedSylvesterNet(Flow):
             )
             for i in range(n_layers)
         ]
-        super().__init__(Chain(ActNorm(input_size), *blocks))
+        super().__init__(Chain(*support_layers(bounds, input_size), ActNorm(input_size), *blocks))
