@@ -64,6 +64,13 @@ BAD = [
     ("train", "--compile", ["fast"]),
     ("train", "--conditioner-dtype", ["float64"]),
     ("train", "--context", [""]),
+    ("train", "--bounds", ["1:0"]),
+    ("train", "--bounds", ["0:1:2"]),
+    ("train", "--bounds", ["0"]),
+    ("train", "--bounds", ["a:1"]),
+    ("train", "--bounds", ["0:inf"]),
+    ("train", "--bounds", ["nan:"]),
+    ("train", "--bounds", ["0:1,"]),
     ("sample", "--n-samples", ["0"]),
     ("sample", "-n", ["-3"]),
     ("sample", "--temperature", ["0"]),
@@ -173,6 +180,12 @@ def test_every_option_has_a_validating_type(command, action) -> None:
         (["train", "--val-fraction", "0"], "val_fraction", 0.0),
         (["train", "--hidden-sizes", "8", "4"], "hidden_sizes", [8, 4]),
         (["train", "--seed", "0"], "seed", 0),
+        (
+            ["train", "--bounds", "0:1", "0:", ":", ":5"],
+            "bounds",
+            [[[0, 1]], [[0, None]], [None], [[None, 5]]],
+        ),
+        (["train", "--bounds=-1:1,0:"], "bounds", [[[-1, 1], [0, None]]]),
         (["check", "--perturb", "0"], "perturb", 0.0),
         (["bench", "--n-eval", "2"], "n_eval", 2),
         (["sample", "r", "-o", "s.npy", "--temperature", "1e-3"], "temperature", 1e-3),
@@ -184,6 +197,8 @@ def test_every_option_has_a_validating_type(command, action) -> None:
         "no-validation",
         "hidden-sizes",
         "seed-0",
+        "bounds-per-token",
+        "bounds-comma-negative",
         "no-perturbation",
         "two-eval-samples",
         "small-temperature",
@@ -203,6 +218,9 @@ def _later_errors(tmp: str) -> dict[str, list[str]]:
         "bench-batch-over-points": ["bench", "--n-points", "100", "--out", f"{tmp}/out"],
         "trace-output": ["trace", f"{tmp}/no-run", "-o", f"{tmp}/out/trace.txt"],
         "trace-target": ["trace", f"{tmp}/no-run", "--target", "nope"],
+        "bounds-model": ["train", "--data", "moons", "--model", "MAF", "--bounds", ":", ":", *out],
+        "bounds-length": ["train", "--data", "moons", "--model", "NICE", "--bounds", "0:1", *out],
+        "bounds-data": ["train", "--data", "moons", "--model", "NICE", "--bounds", "0:", ":", *out],
     }
 
 
@@ -214,6 +232,9 @@ LATER = {
     "bench-batch-over-points": "expected --batch-size at most the 90 training points",
     "trace-output": "trace.txt: expected a .png output file",
     "trace-target": "unknown target 'nope'",
+    "bounds-model": "--bounds: MAF takes no bounds; use one of [",
+    "bounds-length": "expected one bound per dimension, 2 (input_size), got 1",
+    "bounds-data": "is on or outside the bounds [(0.0, None), (None, None)]; expected every",
 }
 
 

@@ -151,6 +151,34 @@ def nonempty_str(text: str) -> str:
     return text
 
 
+def bounds_token(text: str) -> list[list[float | None] | None]:
+    """``type=`` of ``--bounds``: ``LOW:HIGH``, ``LOW:``, ``:HIGH`` or ``:`` (unbounded) per
+    dimension; one token may hold several, comma-separated (``--bounds=-1:1,0:`` when the
+    first bound is negative, which argparse would otherwise take for an option).
+
+    Returns:
+        The token's dimensions, each ``[low, high]`` (``None`` for an open side) or ``None``.
+
+    Example:
+        >>> bounds_token("0:1"), bounds_token("-2:,:"), bounds_token(":5")
+        ([[0.0, 1.0]], [[-2.0, None], None], [[None, 5.0]])
+    """
+    expected = "LOW:HIGH, LOW:, :HIGH or : per dimension with finite LOW < HIGH"
+    parsed: list[list[float | None] | None] = []
+    for part in text.split(","):
+        ends = part.split(":")
+        if len(ends) != 2:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {part!r}")
+        low, high = (
+            None if not end.strip() else _finite_float(end, f"{expected} (in {part!r})")
+            for end in ends
+        )
+        if low is not None and high is not None and not low < high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {part!r}")
+        parsed.append(None if low is None and high is None else [low, high])
+    return parsed
+
+
 # -- resolution -------------------------------------------------------------------------------
 def resolve_device(spec: str) -> torch.device:
     """The torch device ``--device`` names.
@@ -220,9 +248,10 @@ def build_model(
     """The registered model ``spec`` for events of ``event_shape``, with the command's sizes.
 
     ``--n-layers``, ``--hidden-sizes``, ``--n-levels``, ``--n-steps`` and ``--hidden-channels``
-    are passed where the model's constructor takes them. For discrete images of ``n_values``
-    pixel values, the model goes inside an :class:`~torchnf.models.ImageFlow` (logit
-    preprocessing, flattening for vector models).
+    are passed where the model's constructor takes them; ``--bounds`` (a list of
+    :func:`bounds_token` results) to a vector model that takes ``bounds``, or refused. For
+    discrete images of ``n_values`` pixel values, the model goes inside an
+    :class:`~torchnf.models.ImageFlow` (logit preprocessing, flattening for vector models).
 
     Arguments:
         spec: a registered model name.
@@ -245,6 +274,17 @@ def build_model(
             options[key] = getattr(args, key)
     kwargs = {k: v for k, v in options.items() if k in accepted}
     shape = tuple(event_shape)
+    if getattr(args, "bounds", None) is not None:
+        if n_values is not None:
+            raise ValueError("--bounds is for vector data, not images")
+        if "bounds" not in accepted:
+            takers = [
+                e.name
+                for e in registry.entries("model")
+                if "bounds" in inspect.signature(e.cls).parameters
+            ]
+            raise ValueError(f"--bounds: {entry.name} takes no bounds; use one of {takers}")
+        kwargs["bounds"] = [bound for token in args.bounds for bound in token]
     if n_values is None and "input_size" in accepted:
         if len(event_shape) != 1:
             raise ValueError(f"{entry.name} models vectors; got points of shape {shape}")

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from torchnf.cli.common import (
+    bounds_token,
     build_model,
     check_batch_size,
     first_available,
@@ -98,6 +99,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="integer-valued data: add uniform noise in [0, 1) to each point at each step, so "
         "the flow fits a density; its NLL bounds the discrete NLL from above (unit bins)",
     )
+    p.add_argument(
+        "--bounds",
+        type=bounds_token,
+        nargs="+",
+        default=None,
+        metavar="LOW:HIGH",
+        help="the data's support, one token per dimension: LOW:HIGH, LOW: or :HIGH (a bound) "
+        "or : (the real line), e.g. --bounds 0:1 0: : (comma-separated in one token also "
+        "works: write --bounds=-1:1,0: when the first bound is negative); the model gets "
+        "bounds=... (a BoundedSupport layer first), so its samples stay inside and points on "
+        "or outside a bound have density 0; training data must lie strictly inside",
+    )
     add_model_options(p, DEFAULT_MODELS)
     add_fit_options(p, loss="NLL")
     p.set_defaults(func=run)
@@ -151,6 +164,8 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     if args.context is not None:
         context = load_context(args.context, len(data), images is not None)
         flow = conditional_model(flow, model_name, context.shape[1])
+    if args.bounds is not None:
+        check_inside(data, flow)
     folder = run_folder(args, f"{Path(data_name).stem}-{model_name}".lower(), main_rank)
     tic = time.perf_counter()
     with folder:
@@ -210,6 +225,22 @@ def load_context(path: str, n_rows: int, images: bool) -> Tensor:
             f"{tuple(context.shape)}"
         )
     return context
+
+
+def check_inside(data: Tensor | np.ndarray, flow: Flow, chunk: int = 65536) -> None:
+    """Refuse training data on or outside the ``--bounds`` (its log_prob would be -inf)."""
+    support = flow.bijector[0]  # the BoundedSupport layer that --bounds put first
+    dtype = next(flow.parameters()).dtype
+    for start in range(0, len(data), chunk):
+        rows = data[start : start + chunk]  # a tensor, or rows of a memory-mapped file
+        rows = (rows if isinstance(rows, Tensor) else torch.from_numpy(np.array(rows))).to(dtype)
+        outside = support(rows)[1] == -math.inf
+        if outside.any():
+            row = start + int(outside.nonzero()[0])
+            raise ValueError(
+                f"--bounds: data row {row}, {rows[row - start].tolist()}, is on or outside the "
+                f"bounds {support.bounds}; expected every point strictly inside"
+            )
 
 
 def conditional_model(flow: Flow, model_name: str, context_size: int) -> Flow:
