@@ -11,7 +11,7 @@ from torch.distributions import Distribution, constraints
 
 from torchnf.core.bijector import Bijector, Shape
 from torchnf.distributions.base import BaseDistribution, StandardNormal
-from torchnf.layers.linear import _robust_center_scale
+from torchnf.functional.statistics import robust_center_scale
 
 _CAST = {
     torch.float32: "float()",
@@ -425,7 +425,7 @@ class ContextStandardizer(nn.Module):
         rows = rows[~rows.isnan().any(dim=1)]
         if len(rows) == 0:
             raise ValueError("expected at least one context row without NaN to standardize")
-        center, scale = _robust_center_scale(rows, None)
+        center, scale = robust_center_scale(rows, None)
         self.center.copy_(center.reshape(self.center.shape))
         self.scale.copy_(scale.reshape(self.scale.shape))
         self.initialized.fill_(True)

@@ -16,6 +16,7 @@ from torchnf.functional.linalg import (
     solve_lower_right,
     solve_upper_right,
 )
+from torchnf.functional.statistics import robust_center_scale
 
 
 class LUWeight(nn.Module):
@@ -224,30 +225,6 @@ class Householder(Bijector):
         return y, y.new_zeros(y.shape[:-1])
 
 
-_PHI_1 = 0.8413447460685429  # P(N(0, 1) < 1)
-_CLIP = 5.0  # ActNorm's initialization winsorizes at this many robust scales from the median
-
-
-def _quantile(ordered: Tensor, p: float) -> Tensor:
-    """The ``p``-quantile of each column of the column-sorted ``ordered (M, C)``, interpolated."""
-    pos = p * (len(ordered) - 1)
-    lo = math.floor(pos)
-    return torch.lerp(ordered[lo], ordered[min(lo + 1, len(ordered) - 1)], pos - lo)
-
-
-def _robust_center_scale(v: Tensor, eps: float | None) -> tuple[Tensor, Tensor]:
-    """Per-column center and scale ``(C,)`` of ``v (M, C)`` as :class:`ActNorm` describes."""
-    ordered = v.sort(dim=0).values  # no size limit, unlike torch.quantile
-    median = _quantile(ordered, 0.5)
-    spread = (_quantile(ordered, _PHI_1) - _quantile(ordered, 1 - _PHI_1)) / 2
-    spread = torch.where(spread > 0, spread, v.std(0, correction=0))
-    clipped = v.clamp(median - _CLIP * spread, median + _CLIP * spread)
-    center, scale = clipped.mean(0), clipped.std(0, correction=int(len(v) > 1))
-    rel = torch.finfo(v.dtype).eps if eps is None else eps
-    scale = torch.maximum(scale, rel * center.abs())
-    return center, torch.where(scale > 0, scale, torch.ones_like(scale))
-
-
 @register("layer", example=lambda context_size: ActNorm(3))
 class ActNorm(Bijector):
     r"""Activation normalization ``y = f(x) = ((x - m) / s) e^{-a} - b``, per feature or channel.
@@ -329,7 +306,7 @@ class ActNorm(Bijector):
 
     def _initialize(self, x: Tensor, context: Tensor | None) -> None:
         per_channel = x.movedim(x.dim() - self.event_dim, -1).reshape(-1, self.event_shape[0])
-        center, scale = _robust_center_scale(per_channel, self.eps)
+        center, scale = robust_center_scale(per_channel, self.eps)
         self.center.copy_(center)
         self.log_inv_scale.copy_(scale.log().neg())
         self.loc.zero_()
