@@ -35,6 +35,11 @@ PRIOR_2D = MultivariateNormal(torch.zeros(2), torch.eye(2))
 X_O = torch.tensor([[1.5, 0.5, 1.0]])
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # sbi's trainers write TensorBoard logs to ./sbi-logs
+
+
 def _estimator(estimate: str = "posterior", n: int = 64):
     torch.manual_seed(0)
     theta, x = torch.randn(n, 2), 1e3 * torch.randn(n, 3) + 5e3
