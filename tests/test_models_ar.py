@@ -124,3 +124,19 @@ def test_reversals_between_layers_fold_into_the_made_orders(cls, n_layers) -> No
     a, b = flow.bijector.inverse_and_log_det(y, context), explicit.inverse_and_log_det(y, context)
     for u, v in zip(a, b, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [MAF, IAF], ids=lambda c: c.__name__)
+def test_affine_round_trip_is_not_magnified_by_the_scale(cls) -> None:
+    # Shift t = 1000 and log-scale s = -3 at every feature. The data side adds the shift
+    # first (MAF: z = (x + t) e^s, IAF: z = (x - t) e^-s), so float32 loses about one ulp
+    # of 1000; x e^s + t (MAF before) lost up to e^3 = 20 times more, about 5 ulps here.
+    flow = cls(3, n_layers=1, hidden_sizes=(8,))
+    layer = flow.bijector[1]
+    made = (layer if isinstance(layer, MaskedAutoregressive) else layer.inv).made
+    with torch.no_grad():
+        made.output.bias.view(3, 2).copy_(torch.tensor([1000.0, -30.0]))
+    x = torch.linspace(-1, 1, 3000).view(1000, 3)
+    with torch.no_grad():
+        error = (flow.inverse(flow(x)[0]) - x).abs().max()
+    assert error <= 2 * torch.finfo(torch.float32).eps * 1000

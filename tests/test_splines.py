@@ -340,3 +340,57 @@ def test_vectorized_jacobian_equals_the_sequential_one(direction: str) -> None:
     f = lambda v: _apply(spline, v, params)[0]  # noqa: E731
     jacobian = torch.autograd.functional.jacobian
     torch.testing.assert_close(jacobian(f, x, vectorize=True), jacobian(f, x), rtol=0, atol=0)
+
+
+# -- the transformer's conditional affine map before the spline: u = (x + t) e^s, y = RQS(u)
+
+
+def _transformer_params(seed: int, tau: RQSTransformer, scale: float, dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(6, tau.params_per_feature, generator=g, dtype=torch.float64).to(
+        dtype
+    )
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "spline-only"])
+def test_params_per_feature(affine: bool) -> None:
+    assert RQSTransformer(n_bins=5, affine=affine).params_per_feature == 14 + 2 * affine
+
+
+def test_affine_transformer_is_the_spline_of_the_affine_map() -> None:
+    tau = RQSTransformer(n_bins=5, tail_bound=2.0)
+    params = _transformer_params(0, tau, 1.0, torch.float64)
+    x = torch.tensor([-1e4, -3.0, -0.5, 0.0, 0.7, 2.5, 40.0], dtype=torch.float64)
+    x = x.view(-1, 1).expand(-1, 6).requires_grad_()
+    t, s = params[:, -2], 3.0 * torch.tanh(params[:, -1] / 3.0)
+    knots = rqs_knots(*params[:, :-2].split([5, 5, 4], -1), 2.0)
+    u_expected, log_det_spline = rqs_forward((x + t) * s.exp(), *knots)
+    y, log_det = tau(x, params)
+    torch.testing.assert_close(y, u_expected, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(log_det, log_det_spline + s, rtol=1e-14, atol=1e-14)
+    (slope,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(log_det, slope.log(), rtol=1e-10, atol=1e-10)
+    x_back, log_det_inv = tau.inverse(y.detach(), params)
+    torch.testing.assert_close(x_back, x.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(log_det_inv, -log_det.detach(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", PARAM_SCALES)
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_affine_transformer_on_hard_inputs_is_finite(dtype, scale, direction) -> None:
+    tau = RQSTransformer(n_bins=8, tail_bound=3.0)
+    params = _transformer_params(1, tau, scale, dtype).requires_grad_()
+    b = torch.tensor(3.0, dtype=dtype)
+    v = torch.cat(
+        [
+            torch.tensor([0.0, 1e4, -1e4, 3.0, -3.0], dtype=dtype),
+            torch.stack([torch.nextafter(b, 2 * b), torch.nextafter(b, 0 * b)]),
+        ]
+    )
+    v = v.view(-1, 1).expand(-1, 6).clone().requires_grad_()
+    out, log_det = (tau if direction == "forward" else tau.inverse)(v, params)
+    assert out.dtype == log_det.dtype == dtype
+    assert out.isfinite().all() and log_det.isfinite().all()
+    (out.sum() + log_det.sum()).backward()
+    assert v.grad.isfinite().all() and params.grad.isfinite().all()

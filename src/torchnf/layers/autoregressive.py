@@ -93,11 +93,17 @@ class MaskedAutoregressive(Bijector):
 )
 class MaskedAffineAutoregressive(MaskedAutoregressive):
     r"""Affine MAF layer ``y = f(x | c)``:
-    :math:`y_i = x_i e^{s_i} + t_i`, :math:`(t_i, s_i) = g_i(x_{<i}, c)`.
+    :math:`y_i = (x_i + t_i) e^{s_i}`, :math:`(t_i, s_i) = g_i(x_{<i}, c)`.
 
     A :class:`MaskedAutoregressive` with an affine transformer (log-scale soft-clamped to
     ``(-scale_bound, scale_bound)``); :math:`\log|\det| = \sum_i s_i`. Starts as the identity.
     Shapes as :class:`MaskedAutoregressive`.
+
+    The shift comes first, as in the MAF paper's :math:`u_i = (x_i - \mu_i) e^{-\alpha_i}`,
+    so ``inverse(forward(x))`` is accurate to a few ulps of ``max(|x_i|, |t_i|)`` per layer.
+    With ``shift_first=False``, :math:`y_i = x_i e^{s_i} + t_i`, whose round trip from ``y``
+    is the accurate one: the form for a layer used through ``.inv`` on data (:class:`IAF`).
+    See :class:`~torchnf.layers.transformers.AffineTransformer`.
 
     Arguments:
         input_size: number of features ``D``.
@@ -105,6 +111,7 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
         context_size: size of the context (0 for none).
         residual: use residual blocks in the MADE.
         scale_bound: bound on the log-scale.
+        shift_first: ``y_i = (x_i + t_i) e^{s_i}`` if True, ``x_i e^{s_i} + t_i`` otherwise.
 
     References:
         Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation",
@@ -124,7 +131,8 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
         context_size: int = 0,
         residual: bool = False,
         scale_bound: float = 3.0,
+        shift_first: bool = True,
     ) -> None:
-        transformer = AffineTransformer(scale_bound)
+        transformer = AffineTransformer(scale_bound, shift_first)
         made = MADE(input_size, 2, hidden_sizes, context_size, residual)
         super().__init__(transformer, made)

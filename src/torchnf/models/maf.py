@@ -108,7 +108,11 @@ class IAF(Flow):
     sampling direction :math:`x_i = z_i e^{s_i(z_{<i})} + t_i(z_{<i})` is one MADE pass per
     layer (fast sampling, fast ``sample_and_log_prob``, as variational posteriors need), while
     ``log_prob`` of external data takes ``D`` passes per layer. The first layer is a
-    data-initialized :class:`ActNorm`, as in :class:`MAF`.
+    data-initialized :class:`ActNorm`, as in :class:`MAF`. The ``M_k`` are
+    :class:`MaskedAffineAutoregressive` layers with ``shift_first=False``, so the normalizing
+    direction subtracts the shift first, :math:`z_i = (x_i - t_i) e^{-s_i}`, which keeps
+    ``inverse(forward(x))`` accurate on data (see
+    :class:`~torchnf.layers.transformers.AffineTransformer`).
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
 
@@ -137,7 +141,9 @@ class IAF(Flow):
         context_size: int = 0,
     ) -> None:
         layers = [
-            MaskedAffineAutoregressive(input_size, hidden_sizes, context_size).inv
+            MaskedAffineAutoregressive(
+                input_size, hidden_sizes, context_size, shift_first=False
+            ).inv
             for _ in range(n_layers)
         ]
         super().__init__(autoregressive_chain(layers))
