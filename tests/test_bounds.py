@@ -12,7 +12,10 @@ from torchnf import Flow
 from torchnf.core.registry import build
 from torchnf.layers import BoundedSupport
 from torchnf.models import (
+    IAF,
+    MAF,
     NICE,
+    NSF,
     GeneralizedSylvesterNet,
     PlanarFlow,
     RadialFlow,
@@ -139,6 +142,10 @@ MODELS = {
     "RadialFlow": lambda b: RadialFlow(3, n_layers=2, bounds=b),
     "SylvesterNet": lambda b: SylvesterNet(2, 3, bounds=b),
     "GeneralizedSylvesterNet": lambda b: GeneralizedSylvesterNet(2, 3, hidden_sizes=(8,), bounds=b),
+    "MAF": lambda b: MAF(3, n_layers=2, hidden_sizes=(8,), bounds=b),
+    "IAF": lambda b: IAF(3, n_layers=2, hidden_sizes=(8,), bounds=b),
+    "NSF": lambda b: NSF(3, n_layers=2, hidden_sizes=(8,), bounds=b),
+    "NSF-coupling": lambda b: NSF(3, n_layers=2, hidden_sizes=(8,), autoregressive=False, bounds=b),
 }
 
 

@@ -218,7 +218,7 @@ def _later_errors(tmp: str) -> dict[str, list[str]]:
         "bench-batch-over-points": ["bench", "--n-points", "100", "--out", f"{tmp}/out"],
         "trace-output": ["trace", f"{tmp}/no-run", "-o", f"{tmp}/out/trace.txt"],
         "trace-target": ["trace", f"{tmp}/no-run", "--target", "nope"],
-        "bounds-model": ["train", "--data", "moons", "--model", "MAF", "--bounds", ":", ":", *out],
+        "bounds-model": ["train", "--data", "moons", "--model", "Glow", "--bounds", ":", ":", *out],
         "bounds-length": ["train", "--data", "moons", "--model", "NICE", "--bounds", "0:1", *out],
         "bounds-data": ["train", "--data", "moons", "--model", "NICE", "--bounds", "0:", ":", *out],
     }
@@ -232,7 +232,7 @@ LATER = {
     "bench-batch-over-points": "expected --batch-size at most the 90 training points",
     "trace-output": "trace.txt: expected a .png output file",
     "trace-target": "unknown target 'nope'",
-    "bounds-model": "--bounds: MAF takes no bounds; use one of [",
+    "bounds-model": "--bounds: Glow takes no bounds; use one of [",
     "bounds-length": "expected one bound per dimension, 2 (input_size), got 1",
     "bounds-data": "is on or outside the bounds [(0.0, None), (None, None)]; expected every",
 }

@@ -14,7 +14,7 @@ from torchnf import Flow
 from torchnf.core.flow import ContextStandardizer
 from torchnf.diagnostics import check
 from torchnf.layers import Reverse
-from torchnf.models import RealNVP
+from torchnf.models import IAF, MAF, NSF, RealNVP
 from torchnf.nets import DeepSets, MLPEmbedding, build_embedding
 from torchnf.train.checkpoint import load, save
 
@@ -310,3 +310,26 @@ def test_contexts_scaled_by_1e6_train_as_standardized_ones() -> None:
     unconditional_entropy = 0.5 * math.log(2 * math.pi * math.e * 1.09) * 2  # x's marginal
     assert standardized < unconditional_entropy - 0.5  # the context is used
     assert abs(scaled - standardized) < 0.02
+
+
+MODELS_WITH_EMBEDDING = {
+    "MAF": lambda spec: MAF(3, n_layers=2, hidden_sizes=(8,), embedding=spec),
+    "IAF": lambda spec: IAF(3, n_layers=2, hidden_sizes=(8,), embedding=spec),
+    "NSF": lambda spec: NSF(3, n_layers=2, hidden_sizes=(8,), embedding=spec),
+    "NSF-coupling": lambda spec: NSF(
+        3, n_layers=2, hidden_sizes=(8,), autoregressive=False, embedding=spec
+    ),
+}
+
+
+@pytest.mark.parametrize("make", MODELS_WITH_EMBEDDING.values(), ids=MODELS_WITH_EMBEDDING)
+def test_every_ready_made_model_takes_an_embedding(make, tmp_path) -> None:
+    torch.manual_seed(0)
+    flow = make(SPECS["DeepSets"]).double()
+    context = _context(flow, batch=3)
+    flow.initialize(torch.randn(3, 3, dtype=torch.float64), context)
+    report = check(flow, context=context, atol=1e-6)
+    assert report.passed, report.failures
+    torchnf.save(flow.eval(), tmp_path)
+    x = torch.randn(3, 3, dtype=torch.float64)
+    assert torch.equal(torchnf.load(tmp_path).log_prob(x, context), flow.log_prob(x, context))

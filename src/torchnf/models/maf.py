@@ -9,11 +9,13 @@ from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
 from torchnf.layers.autoregressive import MaskedAffineAutoregressive, MaskedAutoregressive
+from torchnf.layers.bounds import Bound, support_layers
 from torchnf.layers.linear import ActNorm
 from torchnf.layers.permutation import Reverse
+from torchnf.nets.embedding import embedding_context
 
 
-def autoregressive_chain(layers: list[Bijector]) -> Chain:
+def autoregressive_chain(layers: list[Bijector], bounds: Sequence[Bound] | None = None) -> Chain:
     r"""``ActNorm`` (data-initialized), then ``layers`` with the features reversed between each two.
 
     ``layers`` are :class:`MaskedAutoregressive` layers or their ``.inv`` views, ``L_1 .. L_K``,
@@ -30,9 +32,11 @@ def autoregressive_chain(layers: list[Bijector]) -> Chain:
 
     Arguments:
         layers: the autoregressive layers (or their inverse views), all of one ``input_size``.
+        bounds: a bounded support, placed first (:func:`~torchnf.layers.bounds.support_layers`).
 
     Returns:
-        ``Chain(ActNorm, L_1, R L_2 R, L_3, ...)``, plus ``Reverse`` for an even ``K``.
+        ``Chain(ActNorm, L_1, R L_2 R, L_3, ...)``, plus ``Reverse`` for an even ``K``
+        (after a :class:`~torchnf.layers.BoundedSupport` for ``bounds``).
 
     Example:
         >>> chain = autoregressive_chain([MaskedAffineAutoregressive(3, (8,)) for _ in range(3)])
@@ -44,7 +48,7 @@ def autoregressive_chain(layers: list[Bijector]) -> Chain:
         base = layer if isinstance(layer, MaskedAutoregressive) else layer.inv
         base.made.reverse_()
     ending = [Reverse(input_size)] if len(layers) % 2 == 0 else []
-    return Chain(ActNorm(input_size), *layers, *ending)
+    return Chain(*support_layers(bounds, input_size), ActNorm(input_size), *layers, *ending)
 
 
 @register(
@@ -69,7 +73,13 @@ class MAF(Flow):
         input_size: number of features ``D``.
         n_layers: number of autoregressive layers.
         hidden_sizes: widths of each MADE.
-        context_size: size of the context (0 for an unconditional flow).
+        context_size: size of the context (0 for an unconditional flow; with an
+            ``embedding``, 0 or its ``output_size``).
+        embedding: the JSON spec of an embedding net for the context (see
+            :func:`~torchnf.nets.embedding.build_embedding`), recorded in ``config``.
+        bounds: the support, one entry per dimension (see
+            :class:`~torchnf.layers.BoundedSupport`, which then goes first); ``None``: the
+            real line.
 
     References:
         Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation",
@@ -88,12 +98,15 @@ class MAF(Flow):
         n_layers: int = 5,
         hidden_sizes: Sequence[int] = (128, 128),
         context_size: int = 0,
+        embedding: dict | None = None,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
+        encoder, context_size = embedding_context(embedding, context_size)
         layers = [
             MaskedAffineAutoregressive(input_size, hidden_sizes, context_size)
             for _ in range(n_layers)
         ]
-        super().__init__(autoregressive_chain(layers))
+        super().__init__(autoregressive_chain(layers, bounds), context_encoder=encoder)
 
 
 @register(
@@ -120,7 +133,13 @@ class IAF(Flow):
         input_size: number of features ``D``.
         n_layers: number of autoregressive layers.
         hidden_sizes: widths of each MADE.
-        context_size: size of the context (0 for an unconditional flow).
+        context_size: size of the context (0 for an unconditional flow; with an
+            ``embedding``, 0 or its ``output_size``).
+        embedding: the JSON spec of an embedding net for the context (see
+            :func:`~torchnf.nets.embedding.build_embedding`), recorded in ``config``.
+        bounds: the support, one entry per dimension (see
+            :class:`~torchnf.layers.BoundedSupport`, which then goes first); ``None``: the
+            real line.
 
     References:
         Kingma, Salimans, Jozefowicz, Chen, Sutskever, Welling, "Improved Variational
@@ -139,11 +158,14 @@ class IAF(Flow):
         n_layers: int = 5,
         hidden_sizes: Sequence[int] = (128, 128),
         context_size: int = 0,
+        embedding: dict | None = None,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
+        encoder, context_size = embedding_context(embedding, context_size)
         layers = [
             MaskedAffineAutoregressive(
                 input_size, hidden_sizes, context_size, shift_first=False
             ).inv
             for _ in range(n_layers)
         ]
-        super().__init__(autoregressive_chain(layers))
+        super().__init__(autoregressive_chain(layers, bounds), context_encoder=encoder)

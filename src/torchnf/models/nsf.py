@@ -8,9 +8,11 @@ from torchnf.core.bijector import Bijector
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
+from torchnf.layers.bounds import Bound, support_layers
 from torchnf.layers.linear import ActNorm
 from torchnf.layers.splines import SplineAutoregressive, SplineCoupling
 from torchnf.models.maf import autoregressive_chain
+from torchnf.nets.embedding import embedding_context
 
 
 @register(
@@ -50,9 +52,15 @@ class NSF(Flow):
         n_bins: number of spline bins.
         tail_bound: half-width of the spline interval (in the affine map's units).
         autoregressive: autoregressive layers if True, coupling layers otherwise.
-        context_size: size of the context (0 for an unconditional flow).
+        context_size: size of the context (0 for an unconditional flow; with an
+            ``embedding``, 0 or its ``output_size``).
         affine: the conditional affine map before each spline; ``False`` gives the splines
             of Durkan et al. (identity beyond ``tail_bound``).
+        embedding: the JSON spec of an embedding net for the context (see
+            :func:`~torchnf.nets.embedding.build_embedding`), recorded in ``config``.
+        bounds: the support, one entry per dimension (see
+            :class:`~torchnf.layers.BoundedSupport`, which then goes first); ``None``: the
+            real line.
 
     References:
         Durkan, Bekasov, Murray, Papamakarios, "Neural Spline Flows", 2019, arXiv:1906.04032.
@@ -77,7 +85,10 @@ class NSF(Flow):
         autoregressive: bool = True,
         context_size: int = 0,
         affine: bool = True,
+        embedding: dict | None = None,
+        bounds: Sequence[Bound] | None = None,
     ) -> None:
+        encoder, context_size = embedding_context(embedding, context_size)
         if autoregressive:
             layers: list[Bijector] = [
                 SplineAutoregressive(
@@ -90,7 +101,7 @@ class NSF(Flow):
                 )
                 for _ in range(n_layers)
             ]
-            chain = autoregressive_chain(layers)
+            chain = autoregressive_chain(layers, bounds)
         else:
             layers = [
                 SplineCoupling(
@@ -104,5 +115,5 @@ class NSF(Flow):
                 )
                 for i in range(n_layers)
             ]
-            chain = Chain(ActNorm(input_size), *layers)
-        super().__init__(chain)
+            chain = Chain(*support_layers(bounds, input_size), ActNorm(input_size), *layers)
+        super().__init__(chain, context_encoder=encoder)
