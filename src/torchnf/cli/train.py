@@ -28,9 +28,14 @@ from torchnf.cli.common import (
     nonempty_str,
     positive_int,
     resolve_data,
-    resolve_device,
 )
-from torchnf.cli.training import add_fit_options, add_model_options, fit_options, run_folder
+from torchnf.cli.training import (
+    add_fit_options,
+    add_model_options,
+    fit_options,
+    run_folder,
+    run_training,
+)
 from torchnf.core import registry
 from torchnf.core.flow import Flow
 from torchnf.data.images import load_images, save_image_grid
@@ -118,16 +123,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """``torchnf train``: fit, then write the run directory."""
-    if args.list_models:
-        print("\n".join(e.name for e in registry.entries("model")))
-        return
-    device = distributed.setup(resolve_device(args.device))
-    threads = torch.get_num_threads()
-    try:
-        _train(args, device)
-    finally:
-        torch.set_num_threads(threads)
-        distributed.teardown()
+    run_training(args, _train)
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,11 @@ from torchnf.cli.common import (
     nonempty_str,
     positive_float,
     positive_int,
+    resolve_device,
     seed_int,
 )
+from torchnf.core import registry
+from torchnf.train import distributed
 from torchnf.train.loop import COMPILE_MODES
 from torchnf.train.run import RunFolder
 
@@ -151,6 +154,24 @@ def fit_options(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         if args.conditioner_dtype
         else None,
     }
+
+
+def run_training(
+    args: argparse.Namespace, body: Callable[[argparse.Namespace, torch.device], None]
+) -> None:
+    """Run a training command's ``body(args, device)``: ``--list-models`` instead, or the
+    body on this rank's device (joining the ``torchrun`` process group), restoring torch's
+    thread count and leaving the group afterwards."""
+    if args.list_models:
+        print("\n".join(e.name for e in registry.entries("model")))
+        return
+    device = distributed.setup(resolve_device(args.device))
+    threads = torch.get_num_threads()
+    try:
+        body(args, device)
+    finally:
+        torch.set_num_threads(threads)
+        distributed.teardown()
 
 
 def run_folder(args: argparse.Namespace, default_name: str, main: bool) -> RunFolder:

@@ -24,10 +24,15 @@ from torchnf.cli.common import (
     model_entry,
     nonempty_str,
     positive_int,
-    resolve_device,
     resolve_target,
 )
-from torchnf.cli.training import add_fit_options, add_model_options, fit_options, run_folder
+from torchnf.cli.training import (
+    add_fit_options,
+    add_model_options,
+    fit_options,
+    run_folder,
+    run_training,
+)
 from torchnf.core import registry
 from torchnf.core.flow import Flow
 from torchnf.diagnostics.importance import ImportanceEstimate, importance_sample
@@ -85,16 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """``torchnf vi``: fit, estimate log Z, write the run folder."""
-    if args.list_models:
-        print("\n".join(e.name for e in registry.entries("model")))
-        return
-    device = distributed.setup(resolve_device(args.device))
-    threads = torch.get_num_threads()
-    try:
-        _vi(args, device)
-    finally:
-        torch.set_num_threads(threads)
-        distributed.teardown()
+    run_training(args, _vi)
 
 
 def _vi(args: argparse.Namespace, device: torch.device) -> None:
