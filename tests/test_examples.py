@@ -35,3 +35,19 @@ def test_example_runs_and_writes_its_figure(name: str, tmp_path: Path, capsys) -
     _load(name).main([0], out=out, **RUNS[name])
     assert out.stat().st_size > 10_000
     assert "seed" in capsys.readouterr().out
+
+
+def test_the_amortized_posterior_example_runs(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "posterior.png"
+    argv = ["--simulations", "600", "--steps", "5", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "amortized_posterior.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "samples inside the prior's box: True" in result.stdout
+    assert out.stat().st_size > 10_000
