@@ -40,7 +40,7 @@ from torch import Tensor
 
 import torchnf.data.densities  # noqa: F401  (registers the built-in targets)
 import torchnf.data.toy  # noqa: F401
-from torchnf.data.targets import TARGETS, Target
+from torchnf.data.targets import TARGETS, Target, count, seeded_generator
 
 _CHUNK = 1 << 16  # grid points per block in grid_log_normalizer (bounds the memory)
 
@@ -85,14 +85,7 @@ class Energy:
         same points, ``seed=None`` a fresh, nondeterministic one. Only when ``has_sample``."""
         if not self.has_sample:
             raise ValueError(f"expected an energy with an exact sampler; {self.name!r} has none")
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"expected a number of samples n >= 0, got {n!r}")
-        g = torch.Generator()
-        if seed is None:
-            g.seed()
-        else:
-            g.manual_seed(seed)
-        return self._sample(n, g).to(dtype)
+        return self._sample(count(n), seeded_generator(seed)).to(dtype)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError

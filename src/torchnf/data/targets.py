@@ -21,6 +21,23 @@ from torch import Tensor
 _CHUNK = 4096  # rows per block when a mixture has many components (bounds the memory)
 
 
+def count(n: object) -> int:
+    """``n`` checked as a number of samples (an int >= 0)."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"expected a number of samples n >= 0, got {n!r}")
+    return n
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded by ``seed``, or from a fresh, nondeterministic seed (``None``)."""
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g
+
+
 class Target:
     """A distribution over ``R^dim`` with a seeded sampler and (maybe) an exact density.
 
@@ -38,14 +55,7 @@ class Target:
 
         ``seed=None`` draws from a fresh, nondeterministic seed.
         """
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"expected a number of samples n >= 0, got {n!r}")
-        g = torch.Generator()
-        if seed is None:
-            g.seed()
-        else:
-            g.manual_seed(seed)
-        return self._sample(n, g).to(dtype)
+        return self._sample(count(n), seeded_generator(seed)).to(dtype)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
