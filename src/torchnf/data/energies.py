@@ -40,7 +40,7 @@ from torch import Tensor
 
 import torchnf.data.densities  # noqa: F401  (registers the built-in targets)
 import torchnf.data.toy  # noqa: F401
-from torchnf.data.targets import TARGETS, Target, count, seeded_generator
+from torchnf.data.targets import TARGETS, Target, count, on_rows, seeded_generator
 
 _CHUNK = 1 << 16  # grid points per block in grid_log_normalizer (bounds the memory)
 
@@ -70,12 +70,7 @@ class Energy:
     def log_prob(self, x: Tensor) -> Tensor:
         r"""Unnormalized :math:`\log \tilde p(x)` of ``x`` of shape ``(*batch, dim)``,
         returning ``(*batch,)`` in ``x``'s dtype (computed in float64, differentiable)."""
-        if not torch.is_tensor(x) or not torch.is_floating_point(x):
-            raise ValueError(f"expected a floating-point tensor x, got {type(x).__name__}")
-        if x.shape[-1:] != (self.dim,):
-            raise ValueError(f"expected x of shape (..., {self.dim}), got {tuple(x.shape)}")
-        flat = x.reshape(-1, self.dim).double()
-        return self._log_prob(flat).reshape(x.shape[:-1]).to(x.dtype)
+        return on_rows(self._log_prob, x, self.dim)
 
     def _log_prob(self, x: Tensor) -> Tensor:
         raise NotImplementedError

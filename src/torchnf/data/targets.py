@@ -14,6 +14,7 @@ differentiable in ``x``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -26,6 +27,16 @@ def count(n: object) -> int:
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"expected a number of samples n >= 0, got {n!r}")
     return n
+
+
+def on_rows(log_prob: Callable[[Tensor], Tensor], x: Tensor, dim: int) -> Tensor:
+    """``log_prob`` (on float64 rows ``(N, dim)``) of ``x`` of shape ``(*batch, dim)``, checked,
+    returned as ``(*batch,)`` in ``x``'s dtype."""
+    if not torch.is_tensor(x) or not torch.is_floating_point(x):
+        raise ValueError(f"expected a floating-point tensor x, got {type(x).__name__}")
+    if x.shape[-1:] != (dim,):
+        raise ValueError(f"expected x of shape (..., {dim}), got {tuple(x.shape)}")
+    return log_prob(x.reshape(-1, dim).double()).reshape(x.shape[:-1]).to(x.dtype)
 
 
 def seeded_generator(seed: int | None) -> torch.Generator:
@@ -64,12 +75,7 @@ class Target:
         """Exact log-density of ``x`` of shape ``(*batch, dim)``, returning ``(*batch,)``."""
         if not self.has_log_prob:
             raise NotImplementedError(f"the density of {self.name!r} is not known in closed form")
-        if not torch.is_tensor(x) or not torch.is_floating_point(x):
-            raise ValueError(f"expected a floating-point tensor x, got {type(x).__name__}")
-        if x.shape[-1:] != (self.dim,):
-            raise ValueError(f"expected x of shape (..., {self.dim}), got {tuple(x.shape)}")
-        flat = x.reshape(-1, self.dim).double()
-        return self._log_prob(flat).reshape(x.shape[:-1]).to(x.dtype)
+        return on_rows(self._log_prob, x, self.dim)
 
     def _log_prob(self, x: Tensor) -> Tensor:
         raise NotImplementedError
