@@ -14,21 +14,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from torchnf import cli
 from torchnf.train.checkpoint import load_training_state
 
 SMALL = ["--model", "RealNVP", "--n-layers", "2", "--hidden-sizes", "8", "--batch-size", "64"]
 SMALL += ["--log-every", "5", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(tmp_path, *extra: str, data: str = "moons") -> int:

@@ -16,14 +16,6 @@ SMALL = ["--model", "RealNVP", "--n-layers", "2", "--hidden-sizes", "16", "--bat
 SMALL += ["--lr", "5e-3", "--log-every", "100", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def log_z_line(text: str) -> tuple[float, float, float]:
     """(estimate, standard error, exact) from a summary line."""
     found = re.search(r"log Z = (\S+) \+- (\S+),.*exact log Z = ([-\d.]+)", text)
@@ -34,7 +26,6 @@ def log_z_line(text: str) -> tuple[float, float, float]:
 @pytest.fixture(scope="module")
 def banana_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vi")
-    torch.set_num_threads(1)
     argv = ["vi", "--target", "banana", "--steps", "600", *SMALL, "--out", str(out)]
     assert cli.main([*argv, "--name", "run", "--importance", "4000"]) == 0
     return out / "run"

@@ -23,14 +23,6 @@ from torchnf.train.checkpoint import load_training_state
 OPTIONS = dict(lr=3e-3, lr_schedule="constant", progress=False, log_every=5, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def moons() -> torch.Tensor:
     return get_target("moons").sample(2000, seed=0)

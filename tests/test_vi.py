@@ -20,14 +20,6 @@ COV = torch.tensor([[1.0, 0.8], [0.8, 2.0]])
 OPTIONS = dict(lr=1e-2, lr_schedule="constant", progress=False, log_every=50, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def target() -> MultivariateNormal:
     return MultivariateNormal(MEAN, COV)
 
