@@ -39,7 +39,7 @@ def test_made_output_i_depends_exactly_on_inputs_before_i_in_its_order(
     if residual:
         hidden = [hidden[0]] * len(hidden)
     made = MADE(
-        input_size, params_per_feature, hidden, context_size, residual, activation=torch.nn.Tanh
+        input_size, params_per_feature, hidden, context_size, residual, activation="tanh"
     ).double()
     _perturb(made, 1.0)
     if reverse:  # then output i depends on inputs j > i: the same checks on flipped axes

@@ -112,6 +112,7 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
         residual: use residual blocks in the MADE.
         scale_bound: bound on the log-scale.
         shift_first: ``y_i = (x_i + t_i) e^{s_i}`` if True, ``x_i e^{s_i} + t_i`` otherwise.
+        activation: the MADE's hidden activation (see :class:`~torchnf.nets.made.MADE`).
 
     References:
         Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation",
@@ -132,7 +133,8 @@ class MaskedAffineAutoregressive(MaskedAutoregressive):
         residual: bool = False,
         scale_bound: float = 3.0,
         shift_first: bool = True,
+        activation: str = "relu",
     ) -> None:
         transformer = AffineTransformer(scale_bound, shift_first)
-        made = MADE(input_size, 2, hidden_sizes, context_size, residual)
+        made = MADE(input_size, 2, hidden_sizes, context_size, residual, activation)
         super().__init__(transformer, made)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchnf.nets.mlp import ACTIVATIONS
 from torchnf.nets.precision import ConditionerNet
 
 
@@ -43,7 +44,8 @@ class MADE(ConditionerNet):
         hidden_sizes: widths of the hidden layers (at least one).
         context_size: size of the context vector; 0 for none.
         residual: use residual blocks between hidden layers.
-        activation: factory of the nonlinearity module.
+        activation: the hidden activation, a key of :data:`~torchnf.nets.mlp.ACTIVATIONS`
+            (``"relu"``, ``"tanh"`` as in the seeds, ...).
 
     References:
         Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", 2015,
@@ -62,7 +64,7 @@ class MADE(ConditionerNet):
         hidden_sizes: Sequence[int] = (64, 64),
         context_size: int = 0,
         residual: bool = False,
-        activation: Callable[[], nn.Module] = nn.ReLU,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         hidden_sizes = tuple(int(h) for h in hidden_sizes)
@@ -75,11 +77,13 @@ class MADE(ConditionerNet):
             raise ValueError(f"expected at least one positive hidden size, got {hidden_sizes}")
         if residual and len(set(hidden_sizes)) != 1:
             raise ValueError(f"residual=True expects equal hidden sizes, got {hidden_sizes}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"expected activation in {sorted(ACTIVATIONS)}, got {activation!r}")
         self.input_size = input_size
         self.params_per_feature = params_per_feature
         self.context_size = context_size
         self.residual = residual
-        self.activation = activation()
+        self.activation = ACTIVATIONS[activation]()
         self.reversed = False
 
         d = input_size
@@ -252,6 +256,7 @@ class MADE(ConditionerNet):
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, params_per_feature={self.params_per_feature}, "
-            f"context_size={self.context_size}, residual={self.residual}"
+            f"context_size={self.context_size}, residual={self.residual}, "
+            f"activation={type(self.activation).__name__}"
             + (", reversed=True" if self.reversed else "")
         )
