@@ -11,8 +11,9 @@ from torchnf import Flow
 from torchnf.core.registry import build
 from torchnf.distributions import GaussianMixture
 from torchnf.layers import Reverse
-from torchnf.models import RealNVP
+from torchnf.models import IAF, MAF, RealNVP
 from torchnf.nets import MLP
+from torchnf.nets.made import MADE
 from torchnf.nets.mlp import ACTIVATIONS
 
 
@@ -36,6 +37,24 @@ def test_realnvp_activation_is_in_its_config_and_rebuilds() -> None:
     rebuilt.load_state_dict(flow.state_dict())
     x = torch.randn(5, 2)
     torch.testing.assert_close(rebuilt.log_prob(x), flow.log_prob(x))
+
+
+@pytest.mark.parametrize("model", [MAF, IAF], ids=["MAF", "IAF"])
+def test_autoregressive_activation_is_in_its_config_and_rebuilds(model: type) -> None:
+    flow = model(3, n_layers=2, hidden_sizes=(8,), activation="tanh")
+    assert flow.config["activation"] == "tanh"
+    assert [type(m.activation) for m in flow.modules() if isinstance(m, MADE)] == [nn.Tanh] * 2
+    nn.init.normal_(next(m for m in flow.modules() if isinstance(m, MADE)).output.weight)
+    rebuilt = build(model.__name__, flow.config)
+    rebuilt.load_state_dict(flow.state_dict())
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(rebuilt.log_prob(x), flow.log_prob(x))
+
+
+@pytest.mark.parametrize("model", [MAF, IAF], ids=["MAF", "IAF"])
+def test_autoregressive_refuses_an_unknown_activation(model: type) -> None:
+    with pytest.raises(ValueError, match="expected activation in"):
+        model(2, activation="swish")
 
 
 LOC = [[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]]

@@ -80,6 +80,8 @@ class MAF(Flow):
         bounds: the support, one entry per dimension (see
             :class:`~torchnf.layers.BoundedSupport`, which then goes first); ``None``: the
             real line.
+        activation: the MADEs' hidden activation, a key of
+            :data:`~torchnf.nets.mlp.ACTIVATIONS` (the seeds use ``"tanh"``).
 
     References:
         Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation",
@@ -100,10 +102,13 @@ class MAF(Flow):
         context_size: int = 0,
         embedding: dict | None = None,
         bounds: Sequence[Bound] | None = None,
+        activation: str = "relu",
     ) -> None:
         encoder, context_size = embedding_context(embedding, context_size)
         layers = [
-            MaskedAffineAutoregressive(input_size, hidden_sizes, context_size)
+            MaskedAffineAutoregressive(
+                input_size, hidden_sizes, context_size, activation=activation
+            )
             for _ in range(n_layers)
         ]
         super().__init__(autoregressive_chain(layers, bounds), context_encoder=encoder)
@@ -140,6 +145,8 @@ class IAF(Flow):
         bounds: the support, one entry per dimension (see
             :class:`~torchnf.layers.BoundedSupport`, which then goes first); ``None``: the
             real line.
+        activation: the MADEs' hidden activation, a key of
+            :data:`~torchnf.nets.mlp.ACTIVATIONS` (the seeds use ``"tanh"``).
 
     References:
         Kingma, Salimans, Jozefowicz, Chen, Sutskever, Welling, "Improved Variational
@@ -160,11 +167,12 @@ class IAF(Flow):
         context_size: int = 0,
         embedding: dict | None = None,
         bounds: Sequence[Bound] | None = None,
+        activation: str = "relu",
     ) -> None:
         encoder, context_size = embedding_context(embedding, context_size)
         layers = [
             MaskedAffineAutoregressive(
-                input_size, hidden_sizes, context_size, shift_first=False
+                input_size, hidden_sizes, context_size, shift_first=False, activation=activation
             ).inv
             for _ in range(n_layers)
         ]
