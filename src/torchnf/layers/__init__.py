@@ -13,6 +13,7 @@ from torchnf.layers.image import (
     Squeeze,
     image_mask,
 )
+from torchnf.layers.iresnet import InvertibleResidualBlock
 from torchnf.layers.linear import (
     ActNorm,
     Householder,
@@ -39,6 +40,7 @@ __all__ = [
     "Householder",
     "ImageCoupling",
     "InvertibleConv1x1",
+    "InvertibleResidualBlock",
     "LULinear",
     "LUWeight",
     "LogitPreprocessing",

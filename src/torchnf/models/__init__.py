@@ -2,6 +2,7 @@
 
 from torchnf.models.glow import Glow
 from torchnf.models.image import ImageFlow
+from torchnf.models.iresnet import ResidualFlow
 from torchnf.models.maf import IAF, MAF
 from torchnf.models.nsf import NSF
 from torchnf.models.realnvp import NICE, RealNVP
@@ -21,6 +22,7 @@ __all__ = [
     "RadialFlow",
     "RealNVP",
     "RealNVP2d",
+    "ResidualFlow",
     "SylvesterNet",
     "VAE",
 ]
