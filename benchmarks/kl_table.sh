@@ -11,3 +11,5 @@ wait
 # The other models (second table of README.md) on the 2-D targets.
 torchnf bench --models NICE IAF PlanarFlow RadialFlow SylvesterNet GeneralizedSylvesterNet \
   --steps 1000 --threads 1 --targets moons ring banana funnel --out benchmarks/kl/others
+# Residual flows (i-ResNet / Residual Flows, models/iresnet.py) on the 2-D targets.
+torchnf bench --models ResidualFlow --steps 1000 --threads 1 --targets moons ring banana funnel --out benchmarks/kl/residual
