@@ -23,7 +23,9 @@ from torchnf.layers.linear import (
     QRWeight,
     TriangularAffine,
 )
+from torchnf.layers.neural import DSFTransformer, UMNNTransformer
 from torchnf.layers.permutation import Permutation, RandomPermutation, Reverse
+from torchnf.layers.polynomial import BernsteinTransformer
 from torchnf.layers.preprocessing import LogitPreprocessing, Rescale, dequantize
 from torchnf.layers.residual import GeneralizedSylvesterBlock, Planar, Radial, SylvesterBlock
 from torchnf.layers.splines import RQSTransformer, SplineAutoregressive, SplineCoupling
@@ -33,8 +35,10 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "AffineImageCoupling",
+    "BernsteinTransformer",
     "BoundedSupport",
     "Coupling",
+    "DSFTransformer",
     "Flatten",
     "GeneralizedSylvesterBlock",
     "Householder",
@@ -65,6 +69,7 @@ __all__ = [
     "Squeeze",
     "SylvesterBlock",
     "TriangularAffine",
+    "UMNNTransformer",
     "checkerboard_mask",
     "dequantize",
     "image_mask",
