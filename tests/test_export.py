@@ -10,6 +10,7 @@ graph holds the operators of its ``log_prob`` too (conditioner and transformer),
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -120,7 +121,8 @@ def test_an_example_batch_of_one_still_exports_a_dynamic_batch(tmp_path) -> None
 @pytest.mark.parametrize(("entry", "method"), BLOCKED)
 def test_not_exportable_models_fail_with_the_reason(entry, method, tmp_path) -> None:
     flow = _flow(entry)
-    with pytest.raises(ValueError, match=f"cannot export {entry.name} '{method}': .*Newton"):
+    reason = re.escape(NOT_EXPORTABLE[entry.name, method.removesuffix("_and_log_prob")])
+    with pytest.raises(ValueError, match=f"cannot export {entry.name} '{method}': {reason}"):
         export(flow, tmp_path / "flow.pt2", *_inputs(flow, 4), method=method)
 
 

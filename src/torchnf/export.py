@@ -27,6 +27,11 @@ are evaluated once, at export, and stored as constants, MADE's ``torch._foreach_
 one product per weight, and the triangular solves of
 :class:`~torchnf.layers.linear.LUWeight` become substitutions unrolled over the matrix size.
 
+Numerical inverses (planar, Sylvester and generalized Sylvester sampling) export too: their
+safeguarded Newton solve becomes one loop of the program (:func:`torch.while_loop`, an ONNX
+``Loop``) that stops on the device when every point has converged or after the layer's
+``max_iter`` iterations; a program cannot raise, so a point that has not converged comes out
+as NaN where Python would raise :class:`~torchnf.functional.solvers.ConvergenceError`.
 Models listed in :data:`NOT_EXPORTABLE` are refused with a ``ValueError`` giving the reason.
 """
 
@@ -49,19 +54,9 @@ from torchnf.core.flow import Flow
 #: The methods :func:`export` can write.
 METHODS = ("log_prob", "sample", "sample_and_log_prob")
 
-_SOLVER = (
-    "its layers invert numerically: a safeguarded Newton solve whose loop stops on a "
-    "data-dependent convergence test and raises when it fails, which torch.export cannot "
-    "trace; its log_prob exports"
-)
-
 #: ``(model class name, method) -> reason`` for the ready-made models that cannot be exported;
 #: ``"sample"`` stands for ``"sample_and_log_prob"`` too. Subclasses inherit their entries.
-NOT_EXPORTABLE: dict[tuple[str, str], str] = {
-    ("PlanarFlow", "sample"): _SOLVER,
-    ("SylvesterNet", "sample"): _SOLVER,
-    ("GeneralizedSylvesterNet", "sample"): _SOLVER,
-}
+NOT_EXPORTABLE: dict[tuple[str, str], str] = {}
 
 _SUFFIXES = (".onnx", ".pt2")
 

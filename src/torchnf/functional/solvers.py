@@ -6,7 +6,10 @@ Numerical inverses (planar, Sylvester, generalized Sylvester) reduce to equation
 kept inside the bracket (bisection otherwise), so it converges for every increasing ``g``,
 and raises :class:`ConvergenceError` with the residual when ``tol`` is not met in time.
 The stopping test reads one boolean back to the host per iteration: a device sync, and a
-graph break under :func:`torch.compile` (the iteration count depends on the data).
+graph break under :func:`torch.compile` (the iteration count depends on the data). Under
+:func:`torch.export.export` (and so ONNX export) the same iterations run inside
+:func:`torch.while_loop`, which exports as a loop whose stopping test stays on the device;
+an exported program cannot raise, so points that have not converged come out as NaN there.
 """
 
 from __future__ import annotations
@@ -83,9 +86,11 @@ def solve_increasing(
         t = target.detach()
         lo = torch.broadcast_to(lower.detach(), t.shape).clone()
         hi = torch.broadcast_to(upper.detach(), t.shape).clone()
-        x = (lo + hi) / 2
-        step = hi - lo
-        for _ in range(max_iter):
+        x, step = (lo + hi) / 2, hi - lo
+
+        def iterate(x: Tensor, lo: Tensor, hi: Tensor, step: Tensor) -> tuple[Tensor, ...]:
+            """One safeguarded step: ``(x, lo, hi, step, done, residual)``, ``x`` kept where
+            done."""
             value, slope = fn(x)
             residual = value - t
             lo = torch.where(residual < 0, x, lo)
@@ -93,20 +98,46 @@ def solve_increasing(
             newton = residual / slope
             done = (residual.abs() <= tol * (1 + t.abs())) & (newton.abs() <= tol * (1 + x.abs()))
             done |= (residual == 0) | (hi - lo <= 4 * eps * (1 + x.abs()))
-            if bool(done.all()):
-                break
             candidate = x - newton
             inside = (candidate > lo) & (candidate < hi) & (newton.abs() <= step.abs() / 2)
             new_x = torch.where(inside, candidate, (lo + hi) / 2)
-            step = new_x - x
-            x = torch.where(done, x, new_x)
+            return torch.where(done, x, new_x), lo, hi, new_x - x, done, residual
+
+        if torch.compiler.is_exporting():
+            x = _iterate_exported(iterate, (x, lo, hi, step), max_iter)
         else:
-            bad = ~done
-            raise ConvergenceError(
-                f"numerical inverse did not converge in max_iter={max_iter} iterations: "
-                f"{int(bad.sum())} of {bad.numel()} points have residual up to "
-                f"{float(residual[bad].abs().max()):.3g}, expected <= tol={tol:g} "
-                "(relative); raise max_iter or tol"
-            )
+            for _ in range(max_iter):
+                new_x, lo, hi, step, done, residual = iterate(x, lo, hi, step)
+                if bool(done.all()):
+                    break
+                x = new_x
+            else:
+                bad = ~done
+                raise ConvergenceError(
+                    f"numerical inverse did not converge in max_iter={max_iter} iterations: "
+                    f"{int(bad.sum())} of {bad.numel()} points have residual up to "
+                    f"{float(residual[bad].abs().max()):.3g}, expected <= tol={tol:g} "
+                    "(relative); raise max_iter or tol"
+                )
     value, slope = fn(x)
     return x - (value - target) / slope
+
+
+def _iterate_exported(
+    iterate: Callable[..., tuple[Tensor, ...]], state: tuple[Tensor, ...], max_iter: int
+) -> Tensor:
+    """:func:`solve_increasing`'s iterations as one :func:`torch.while_loop`, for export: at
+    most ``max_iter`` iterations, NaN where the solve has not converged (a program cannot
+    raise)."""
+    count = torch.zeros((), dtype=torch.int64, device=state[0].device)
+    done = torch.zeros_like(state[0], dtype=torch.bool)
+
+    def running(count: Tensor, done: Tensor, *state: Tensor) -> Tensor:
+        return (count < max_iter) & ~done.all()
+
+    def body(count: Tensor, done: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        x, lo, hi, step, done, _ = iterate(*state)
+        return count + 1, done, x, lo, hi, step
+
+    _, done, x, *_ = torch.while_loop(running, body, (count, done, *state))
+    return torch.where(done, x, torch.nan)
