@@ -13,3 +13,6 @@ torchnf bench --models NICE IAF PlanarFlow RadialFlow SylvesterNet GeneralizedSy
   --steps 1000 --threads 1 --targets moons ring banana funnel --out benchmarks/kl/others
 # Residual flows (i-ResNet / Residual Flows, models/iresnet.py) on the 2-D targets.
 torchnf bench --models ResidualFlow --steps 1000 --threads 1 --targets moons ring banana funnel --out benchmarks/kl/residual
+# Neural autoregressive flows (NAF, UMNN) and Bernstein-polynomial flows on the 2-D targets.
+torchnf bench --models NAF UMNN BernsteinFlow --steps 1000 --threads 1 \
+  --targets moons ring banana funnel --out benchmarks/kl/neural
