@@ -3,6 +3,7 @@
 from torchnf.layers.autoregressive import MaskedAffineAutoregressive, MaskedAutoregressive
 from torchnf.layers.bounds import BoundedSupport
 from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, checkerboard_mask
+from torchnf.layers.dequantization import VariationalDequantization
 from torchnf.layers.elementwise import Logit, Sigmoid, Softlog, Softsquare
 from torchnf.layers.image import (
     AffineImageCoupling,
@@ -69,6 +70,7 @@ __all__ = [
     "Squeeze",
     "SylvesterBlock",
     "TriangularAffine",
+    "VariationalDequantization",
     "UMNNTransformer",
     "checkerboard_mask",
     "dequantize",
