@@ -1,7 +1,7 @@
 """Toy data, targets of known density, energies of known normalizer, and loaders for user
 data."""
 
-from torchnf.data import densities, toy  # noqa: F401  (registers the built-in targets)
+from torchnf.data import densities, torus, toy  # noqa: F401  (registers the built-in targets)
 from torchnf.data.densities import Banana, Funnel, GaussianTarget, StudentTTarget
 from torchnf.data.energies import (
     ENERGIES,

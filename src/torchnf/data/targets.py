@@ -54,12 +54,14 @@ class Target:
 
     Subclasses set ``name``, ``dim``, ``has_log_prob`` and implement ``_sample(n, generator)``
     (returning float64) and, when the density is known, ``_log_prob(x)`` on float64 ``x`` of
-    shape ``(N, dim)``.
+    shape ``(N, dim)``. ``circular`` lists the columns that are angles in ``[-pi, pi)``
+    (:mod:`torchnf.data.torus`), for models that take ``circular=``.
     """
 
     name: str
     dim: int
     has_log_prob: bool = False
+    circular: tuple[int, ...] = ()
 
     def sample(self, n: int, seed: int | None = 0, dtype: torch.dtype = torch.float32) -> Tensor:
         """Draw ``n`` points of shape ``(n, dim)``; the same ``seed`` gives the same points.

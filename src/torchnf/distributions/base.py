@@ -230,3 +230,56 @@ class Uniform(BaseDistribution):
     def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
         u = torch.rand(*shape, *self.event_shape, device=self.low.device, dtype=self.low.dtype)
         return self.low + (self.high - self.low) * u
+
+
+class ProductBase(BaseDistribution):
+    r"""Independent bases over groups of the features:
+    :math:`p(z) = \prod_j p_j(z_{C_j})`.
+
+    ``bases[j]`` is a distribution over vectors of size ``len(columns[j])``, the features
+    ``columns[j]``; the columns partition ``range(D)``. E.g. :math:`U(-\pi, \pi)` on the angle
+    columns and :math:`N(0, 1)` on the others, the base of a flow on
+    :math:`T^k \times \mathbb{R}^{D-k}` (:class:`~torchnf.models.CircularNSF`).
+
+    Shapes: ``z`` ``(*batch, D)``, ``log_prob`` ``(*batch,)``, ``rsample(shape)``
+    ``(*shape, D)``.
+
+    Arguments:
+        bases: one base per group of columns.
+        columns: the columns of each group.
+
+    Example:
+        >>> base = ProductBase([Uniform(1, -math.pi, math.pi), StandardNormal(1)], [[1], [0]])
+        >>> base.log_prob(torch.tensor([0.0, 3.0])), base.sample((5,)).shape
+        (tensor(-2.7568), torch.Size([5, 2]))
+    """
+
+    def __init__(self, bases: Sequence[BaseDistribution], columns: Sequence[Sequence[int]]):
+        flat = sorted(c for group in columns for c in group)
+        if len(bases) != len(columns) or not flat or flat != list(range(len(flat))):
+            raise ValueError(
+                "expected one group of columns per base, the groups a partition of range(D), "
+                f"got {len(bases)} bases and columns {[list(g) for g in columns]}"
+            )
+        for base, group in zip(bases, columns, strict=True):
+            if base.event_shape != (len(group),):
+                raise ValueError(
+                    f"expected a base over vectors of size {len(group)} for columns "
+                    f"{list(group)}, got event shape {base.event_shape}"
+                )
+        super().__init__(len(flat))
+        self.bases = nn.ModuleList(bases)
+        for j, group in enumerate(columns):
+            self.register_buffer(f"columns{j}", torch.tensor(list(group)), persistent=False)
+        order = torch.tensor([c for group in columns for c in group])
+        self.register_buffer("restore", torch.argsort(order), persistent=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return sum(
+            base.log_prob(z.index_select(-1, getattr(self, f"columns{j}")))
+            for j, base in enumerate(self.bases)
+        )
+
+    def rsample(self, shape: tuple[int, ...] = ()) -> Tensor:
+        parts = [base.rsample(shape) for base in self.bases]
+        return torch.cat(parts, -1).index_select(-1, self.restore)

@@ -50,6 +50,8 @@ def rqs_knots(
     min_bin_width: float = 1e-3,
     min_bin_height: float = 1e-3,
     min_derivative: float = 1e-3,
+    *,
+    periodic: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Knots of a spline on ``[-bound, bound]`` from unconstrained parameters.
 
@@ -58,14 +60,21 @@ def rqs_knots(
     ``c`` chosen so that zero gives 1, and the two boundary derivatives are 1. All-zero
     parameters therefore give the identity.
 
+    With ``periodic`` the boundary derivative is learned too, one value shared by both ends
+    (:math:`d_0 = d_K`, from the last entry of ``derivatives``), so the spline's derivative
+    is continuous across the seam when ``[-B, B)`` is read as a circle (the circular splines
+    of Rezende et al., 2020, arXiv:2002.02428).
+
     Arguments:
         widths: ``(..., K)`` unnormalized bin widths.
         heights: ``(..., K)`` unnormalized bin heights.
-        derivatives: ``(..., K - 1)`` unconstrained interior derivatives.
+        derivatives: ``(..., K - 1)`` unconstrained interior derivatives; ``(..., K)`` with
+            ``periodic``, the last one the boundary derivative.
         bound: half-width ``B`` of the interval ``[-B, B]``.
         min_bin_width: smallest bin width, as a fraction of ``2 B``.
         min_bin_height: smallest bin height, as a fraction of ``2 B``.
         min_derivative: smallest derivative at a knot.
+        periodic: learn one derivative shared by the two ends instead of fixing both at 1.
 
     Returns:
         ``(knots_x, knots_y, derivatives)``, each of shape ``(..., K + 1)``.
@@ -77,9 +86,10 @@ def rqs_knots(
         tensor([-2., -1.,  0.,  1.,  2.])
     """
     n_bins = widths.shape[-1]
-    if heights.shape[-1] != n_bins or derivatives.shape[-1] != n_bins - 1:
+    if heights.shape[-1] != n_bins or derivatives.shape[-1] != n_bins - 1 + periodic:
         raise ValueError(
-            f"expected widths (..., K), heights (..., K) and derivatives (..., K - 1), got "
+            f"expected widths (..., K), heights (..., K) and derivatives "
+            f"(..., K{' - 1' * (not periodic)}), got "
             f"{tuple(widths.shape)}, {tuple(heights.shape)} and {tuple(derivatives.shape)}"
         )
     if min_bin_width * n_bins >= 1 or min_bin_height * n_bins >= 1:
@@ -94,6 +104,8 @@ def rqs_knots(
     shift = math.log(math.expm1(1 - min_derivative))
     # softplus as logaddexp: exact for large inputs too (F.softplus switches to linear at 20).
     inner = min_derivative + torch.logaddexp(derivatives + shift, derivatives.new_zeros(()))
+    if periodic:  # [d_K, d_1, ..., d_{K-1}, d_K]
+        return knots_x, knots_y, torch.cat([inner[..., -1:], inner], dim=-1)
     d = F.pad(inner, (1, 1), value=1.0)
     return knots_x, knots_y, d
 

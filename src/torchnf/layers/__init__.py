@@ -2,6 +2,13 @@
 
 from torchnf.layers.autoregressive import MaskedAffineAutoregressive, MaskedAutoregressive
 from torchnf.layers.bounds import BoundedSupport
+from torchnf.layers.circular import (
+    AngleEmbeddingMLP,
+    CircularRQSTransformer,
+    CircularSplineCoupling,
+    MixedTransformer,
+    wrap_angle,
+)
 from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, checkerboard_mask
 from torchnf.layers.dequantization import VariationalDequantization
 from torchnf.layers.elementwise import Logit, Sigmoid, Softlog, Softsquare
@@ -36,8 +43,11 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "AffineImageCoupling",
+    "AngleEmbeddingMLP",
     "BernsteinTransformer",
     "BoundedSupport",
+    "CircularRQSTransformer",
+    "CircularSplineCoupling",
     "Coupling",
     "DSFTransformer",
     "Flatten",
@@ -52,6 +62,7 @@ __all__ = [
     "Logit",
     "MaskedAffineAutoregressive",
     "MaskedAutoregressive",
+    "MixedTransformer",
     "Permutation",
     "Planar",
     "QRLinear",
@@ -75,4 +86,5 @@ __all__ = [
     "checkerboard_mask",
     "dequantize",
     "image_mask",
+    "wrap_angle",
 ]

@@ -1,5 +1,6 @@
 """Ready-made flows named after papers."""
 
+from torchnf.models.circular import CircularNSF
 from torchnf.models.glow import Glow
 from torchnf.models.image import ImageFlow
 from torchnf.models.iresnet import ResidualFlow
@@ -13,6 +14,7 @@ from torchnf.models.residual import GeneralizedSylvesterNet, PlanarFlow, RadialF
 from torchnf.models.vae import VAE
 
 __all__ = [
+    "CircularNSF",
     "BernsteinFlow",
     "GeneralizedSylvesterNet",
     "Glow",
