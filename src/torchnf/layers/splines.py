@@ -144,6 +144,8 @@ class SplineCoupling(Coupling):
         n_bins: number of spline bins.
         tail_bound: half-width of the spline interval.
         affine: a conditional affine map before each spline (see :class:`RQSTransformer`).
+        activation: the conditioner's hidden activation, a key of
+            :data:`~torchnf.nets.mlp.ACTIVATIONS`.
 
     References:
         Durkan et al., "Neural Spline Flows", 2019, arXiv:1906.04032.
@@ -165,10 +167,13 @@ class SplineCoupling(Coupling):
         n_bins: int = 8,
         tail_bound: float = 5.0,
         affine: bool = True,
+        activation: str = "relu",
     ) -> None:
         transformer = RQSTransformer(n_bins, tail_bound, affine=affine)
         super().__init__(
-            *_mlp_coupling_args(transformer, input_size, mask, parity, hidden_sizes, context_size)
+            *_mlp_coupling_args(
+                transformer, input_size, mask, parity, hidden_sizes, context_size, activation
+            )
         )
 
 
@@ -196,6 +201,8 @@ class SplineAutoregressive(MaskedAutoregressive):
         n_bins: number of spline bins.
         tail_bound: half-width of the spline interval.
         affine: a conditional affine map before each spline (see :class:`RQSTransformer`).
+        activation: the MADE's hidden activation, a key of
+            :data:`~torchnf.nets.mlp.ACTIVATIONS`.
 
     References:
         Durkan et al., "Neural Spline Flows", 2019, arXiv:1906.04032.
@@ -216,9 +223,15 @@ class SplineAutoregressive(MaskedAutoregressive):
         n_bins: int = 8,
         tail_bound: float = 5.0,
         affine: bool = True,
+        activation: str = "relu",
     ) -> None:
         transformer = RQSTransformer(n_bins, tail_bound, affine=affine)
         made = MADE(
-            input_size, transformer.params_per_feature, hidden_sizes, context_size, residual
+            input_size,
+            transformer.params_per_feature,
+            hidden_sizes,
+            context_size,
+            residual,
+            activation,
         )
         super().__init__(transformer, made)

@@ -56,6 +56,9 @@ class NSF(Flow):
             ``embedding``, 0 or its ``output_size``).
         affine: the conditional affine map before each spline; ``False`` gives the splines
             of Durkan et al. (identity beyond ``tail_bound``).
+        activation: the conditioners' hidden activation, a key of
+            :data:`~torchnf.nets.mlp.ACTIVATIONS` (``"relu"``, ``"tanh"``, ``"leaky_relu"``,
+            ``"elu"``, ``"gelu"``, ``"silu"``).
         embedding: the JSON spec of an embedding net for the context (see
             :func:`~torchnf.nets.embedding.build_embedding`), recorded in ``config``.
         bounds: the support, one entry per dimension (see
@@ -85,6 +88,7 @@ class NSF(Flow):
         autoregressive: bool = True,
         context_size: int = 0,
         affine: bool = True,
+        activation: str = "relu",
         embedding: dict | None = None,
         bounds: Sequence[Bound] | None = None,
     ) -> None:
@@ -98,6 +102,7 @@ class NSF(Flow):
                     n_bins=n_bins,
                     tail_bound=tail_bound,
                     affine=affine,
+                    activation=activation,
                 )
                 for _ in range(n_layers)
             ]
@@ -112,6 +117,7 @@ class NSF(Flow):
                     n_bins=n_bins,
                     tail_bound=tail_bound,
                     affine=affine,
+                    activation=activation,
                 )
                 for i in range(n_layers)
             ]
