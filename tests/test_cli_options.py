@@ -71,6 +71,8 @@ BAD = [
     ("train", "--bounds", ["0:inf"]),
     ("train", "--bounds", ["nan:"]),
     ("train", "--bounds", ["0:1,"]),
+    ("train", "--circular", ["-1"]),
+    ("train", "--circular", ["0.5"]),
     ("sample", "--n-samples", ["0"]),
     ("sample", "-n", ["-3"]),
     ("sample", "--temperature", ["0"]),
@@ -221,6 +223,10 @@ def _later_errors(tmp: str) -> dict[str, list[str]]:
         "bounds-model": ["train", "--data", "moons", "--model", "Glow", "--bounds", ":", ":", *out],
         "bounds-length": ["train", "--data", "moons", "--model", "NICE", "--bounds", "0:1", *out],
         "bounds-data": ["train", "--data", "moons", "--model", "NICE", "--bounds", "0:", ":", *out],
+        "circular-model": ["train", "--data", "moons", "--model", "NICE", "--circular", "0", *out],
+        "circular-column": ["train", "--model", "CircularNSF", "--circular", "2", *out],
+        "circular-data": ["train", "--data", "banana", "--model", "CircularNSF", "--circular", "0"]
+        + out,
     }
 
 
@@ -235,6 +241,9 @@ LATER = {
     "bounds-model": "--bounds: Glow takes no bounds; use one of [",
     "bounds-length": "expected one bound per dimension, 2 (input_size), got 1",
     "bounds-data": "is on or outside the bounds [(0.0, None), (None, None)]; expected every",
+    "circular-model": "--circular: NICE takes no angle columns; use one of ['CircularNSF']",
+    "circular-column": "expected circular as distinct column indices in [0, 2), got [2]",
+    "circular-data": "column 0 is an angle but row 0 holds -4.62",
 }
 
 

@@ -243,13 +243,19 @@ def model_entry(spec: str) -> registry.Entry:
 
 
 def build_model(
-    spec: str, event_shape: torch.Size, args: argparse.Namespace, n_values: int | None = None
+    spec: str,
+    event_shape: torch.Size,
+    args: argparse.Namespace,
+    n_values: int | None = None,
+    circular: Sequence[int] | None = None,
 ) -> Flow:
     """The registered model ``spec`` for events of ``event_shape``, with the command's sizes.
 
     ``--n-layers``, ``--hidden-sizes``, ``--n-levels``, ``--n-steps`` and ``--hidden-channels``
     are passed where the model's constructor takes them; ``--bounds`` (a list of
-    :func:`bounds_token` results) to a vector model that takes ``bounds``, or refused. For
+    :func:`bounds_token` results) to a vector model that takes ``bounds``, or refused;
+    ``--circular`` (the angle columns) to a model that takes ``circular``, or refused, and
+    else the data set's own ``circular`` columns where known. For
     discrete images of ``n_values`` pixel values, the model goes inside an
     :class:`~torchnf.models.ImageFlow` (logit preprocessing, flattening for vector models).
 
@@ -258,6 +264,8 @@ def build_model(
         event_shape: the shape of one data point.
         args: the parsed options.
         n_values: the number of pixel values of image data (``None`` for other data).
+        circular: the data's angle columns where the data set says (a built-in target's
+            ``circular``); ``None``: unknown (the model's default).
 
     Returns:
         The model.
@@ -285,6 +293,18 @@ def build_model(
             ]
             raise ValueError(f"--bounds: {entry.name} takes no bounds; use one of {takers}")
         kwargs["bounds"] = [bound for token in args.bounds for bound in token]
+    if getattr(args, "circular", None) is not None and "circular" not in accepted:
+        takers = [
+            e.name
+            for e in registry.entries("model")
+            if "circular" in inspect.signature(e.cls).parameters
+        ]
+        raise ValueError(f"--circular: {entry.name} takes no angle columns; use one of {takers}")
+    if "circular" in accepted:
+        columns = getattr(args, "circular", None)
+        columns = circular if columns is None else columns
+        if columns is not None:
+            kwargs["circular"] = list(columns)
     if n_values is None and "input_size" in accepted:
         if len(event_shape) != 1:
             raise ValueError(f"{entry.name} models vectors; got points of shape {shape}")
