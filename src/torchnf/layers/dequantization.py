@@ -125,8 +125,9 @@ class VariationalDequantization(Bijector):
         flat, bins, offsets, condition = self._parts(x)
         step = self.transform.inverse_and_log_det if inverse else self.transform
         moved, log_det = step(offsets - 0.5, self.standardizer(condition))
-        # k + offset in [k, k + 1): clamp the rounding of k + 0.99... up to k + 1.
-        inside = torch.minimum(bins + (moved + 0.5), torch.nextafter(bins + 1, bins))
+        # k + offset in [k, k + 1): move a k + 0.99... rounded up to k + 1 back below it.
+        y, top = bins + (moved + 0.5), bins + 1
+        inside = torch.where(y < top, y, top - top.abs().clamp(min=1) * torch.finfo(y.dtype).eps)
         return flat.index_copy(-1, self.discrete, inside).reshape(x.shape), log_det
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -1,6 +1,7 @@
 """Ready-made flows named after papers."""
 
 from torchnf.models.circular import CircularNSF
+from torchnf.models.discrete import Dequantized
 from torchnf.models.glow import Glow
 from torchnf.models.image import ImageFlow
 from torchnf.models.iresnet import ResidualFlow
@@ -16,6 +17,7 @@ from torchnf.models.vae import VAE
 __all__ = [
     "CircularNSF",
     "BernsteinFlow",
+    "Dequantized",
     "GeneralizedSylvesterNet",
     "Glow",
     "IAF",
