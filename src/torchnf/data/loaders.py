@@ -16,7 +16,7 @@ import csv
 import hashlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -236,12 +236,16 @@ def data_warnings(data: Array, chunk_rows: int | None = None) -> list[str]:
     return warnings
 
 
-def dequantize_integers(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def dequantize_integers(
+    x: Tensor, generator: torch.Generator | None = None, columns: Sequence[int] | None = None
+) -> Tensor:
     r"""Make integer-valued data continuous by uniform dequantization, ``v = x + u``.
 
     ``u ~ U[0, 1)^D`` is drawn afresh on each call (call it per batch for new noise each
-    epoch). A density ``p`` fitted to ``v`` bounds the discrete probability of the integers
-    ``k`` from below, by Jensen's inequality over the unit bin ``k + [0, 1)^D``:
+    epoch); with ``columns``, only those (indices into the flattened point) are integers and
+    get noise, the others are left as they are. A density ``p`` fitted to ``v`` bounds the
+    discrete probability of the integers ``k`` from below, by Jensen's inequality over the
+    unit bin ``k + [0, 1)^D``:
     :math:`\log P(k) = \log \int p(k + u)\,du \ge E_u[\log p(k + u)]`. The general bound adds
     :math:`\log V` for bins of volume ``V``, so the correction term of the NLL,
     :math:`-\log V`, is 0 for these unit bins: the NLL (in nats) of the dequantized data
@@ -251,6 +255,7 @@ def dequantize_integers(x: Tensor, generator: torch.Generator | None = None) -> 
         x: integer values ``(N, ...)``, of an integer dtype (returned in the default float
             dtype) or a floating one (kept).
         generator: source of the noise.
+        columns: the integer columns (``None``: all).
 
     Returns:
         ``x + u``, floating, of the shape of ``x``.
@@ -272,14 +277,21 @@ def dequantize_integers(x: Tensor, generator: torch.Generator | None = None) -> 
     if isinstance(x, Tensor) and not torch.is_floating_point(x):
         x = x.to(torch.get_default_dtype())
     flat = check_data(x, name="x").reshape(x.shape[0], -1)
-    fraction = flat != flat.floor()
+    index = list(range(flat.shape[1]) if columns is None else columns)
+    if any(not 0 <= j < flat.shape[1] for j in index):
+        raise ValueError(f"expected columns in [0, {flat.shape[1]}), got {list(index)}")
+    values = flat[:, index]
+    fraction = values != values.floor()
     if bool(fraction.any()):
-        row, column = (int(i) for i in fraction.nonzero()[0])
+        row, j = (int(i) for i in fraction.nonzero()[0])
         raise ValueError(
-            f"expected integer values to dequantize, found {float(flat[row, column])} at row "
-            f"{row} (column {column})"
+            f"expected integer values to dequantize, found {float(values[row, j])} at row "
+            f"{row} (column {index[j]})"
         )
-    return dequantize(x, generator)
+    if columns is None:
+        return dequantize(x, generator)
+    noise = torch.rand(values.shape, generator=generator, dtype=flat.dtype).to(flat.device)
+    return flat.index_add(1, torch.tensor(index, device=flat.device), noise).reshape(x.shape)
 
 
 def load_array(path: str | Path, dtype: torch.dtype = torch.float32) -> Tensor:

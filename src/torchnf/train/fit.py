@@ -72,7 +72,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     patience: int | None = None,
-    dequantize: bool = False,
+    dequantize: bool | Sequence[int] | None = None,
     initialize: bool = True,
     hooks: Sequence[Hook] = (),
     device: str | torch.device | None = None,
@@ -155,6 +155,10 @@ def fit(
             each batch (seeded by the step; the validation points get fixed noise), so the
             flow fits a density whose NLL upper-bounds the discrete NLL (unit bins, see
             :func:`~torchnf.data.loaders.dequantize_integers`); non-integer data are refused.
+            A list of column indices (into the flattened point) dequantizes only those.
+            ``None`` (default): the flow's ``dequantize_columns`` if it has them (a
+            :class:`~torchnf.models.Dequantized` model, whose ``log_prob`` of such noisy
+            points is its ELBO's integrand), else no noise.
         initialize: run ``flow.initialize`` on the first batch before training (when not
             initialized yet); ``False`` keeps the flow's current parameters.
         hooks: more :class:`~torchnf.train.hooks.Hook` objects, called after the built-in ones.
@@ -235,7 +239,7 @@ def fit(
             dtype=dtype,
             rank=rank,
             world=world,
-            dequantize=dequantize,
+            dequantize=_noise_columns(flow, dequantize),
         )
     total = _total_steps(steps, epochs, source.steps_per_epoch)
     compile_mode = compile_mode_of(compile)
@@ -413,3 +417,11 @@ def _total_steps(steps: int | None, epochs: int | None, steps_per_epoch: int) ->
     if total < 1:
         raise ValueError(f"expected a positive number of steps, got {total}")
     return total
+
+
+def _noise_columns(flow: Flow, dequantize: bool | Sequence[int] | None) -> bool | list[int]:
+    """What ``fit``'s ``dequantize`` means for ``flow``: ``None`` is the flow's own
+    ``dequantize_columns`` (or no noise); ``True``, ``False`` and lists are as given."""
+    if dequantize is None:
+        return list(getattr(flow, "dequantize_columns", [])) or False
+    return dequantize if isinstance(dequantize, bool) else [int(j) for j in dequantize]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,9 +85,10 @@ class RowSource(DataSource):
         device: where batches go.
         dtype: the floating dtype batches are cast to (the flow's).
         rank: this process's rank; world: the number of processes.
-        dequantize: the points are integers: add fresh uniform noise in ``[0, 1)`` to every
-            batch (:func:`~torchnf.data.loaders.dequantize_integers`; seeded by the step, so a
-            resumed run draws the same noise), and to the validation points (fixed noise).
+        dequantize: the points are integers (``True``) or these columns of them are (a list of
+            indices into the flattened point): add fresh uniform noise in ``[0, 1)`` there to
+            every batch (:func:`~torchnf.data.loaders.dequantize_integers`; seeded by the step,
+            so a resumed run draws the same noise), and to the validation points (fixed noise).
     """
 
     def __init__(
@@ -104,7 +105,7 @@ class RowSource(DataSource):
         dtype: torch.dtype,
         rank: int = 0,
         world: int = 1,
-        dequantize: bool = False,
+        dequantize: bool | Sequence[int] = False,
         context_padding: bool = False,
     ) -> None:
         if batch_size < 1:
@@ -161,7 +162,8 @@ class RowSource(DataSource):
         if not self.dequantize:
             return batch
         seed = int(np.random.SeedSequence([self.seed, 1, stream + 2**31]).generate_state(1)[0])
-        noisy = dequantize_integers(batch.x, torch.Generator().manual_seed(seed))
+        columns = None if self.dequantize is True else self.dequantize
+        noisy = dequantize_integers(batch.x, torch.Generator().manual_seed(seed), columns)
         return Batch(noisy, batch.context)
 
     def fingerprint(self) -> dict[str, Any]:
