@@ -218,15 +218,19 @@ class InvertibleResidualBlock(Bijector):
         if x.requires_grad:
             with torch.no_grad():
                 slopes_star = self._residual(x_star, context, fixed)[1]
-            x.register_hook(
-                lambda grad: contraction_solve(
+
+            def implicit(grad: Tensor | None) -> Tensor | None:
+                if grad is None:
+                    return None
+                return contraction_solve(
                     lambda a: grad - jacobian_transpose_product(a, fixed, slopes_star),
                     grad,
                     self.lipschitz,
                     self.tol,
                     self.max_iter,
                 )
-            )
+
+            x.register_hook(implicit)
         slopes = self._residual(x, context, weights)[1]
         return x, -self._log_det(x, weights, slopes)
 
