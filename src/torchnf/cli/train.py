@@ -45,6 +45,7 @@ from torchnf.data.targets import TARGETS
 from torchnf.diagnostics.bits import bits_per_dim
 from torchnf.layers.circular import check_angles
 from torchnf.layers.preprocessing import dequantize
+from torchnf.models.discrete import DEQUANTIZERS, Dequantized, check_columns, check_integers
 from torchnf.train import distributed
 from torchnf.train.fit import fit
 
@@ -107,6 +108,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the flow fits a density; its NLL bounds the discrete NLL from above (unit bins)",
     )
     p.add_argument(
+        "--discrete-columns",
+        type=integer(0),
+        nargs="+",
+        default=None,
+        metavar="J",
+        help="integer-valued columns (counts) of a .npy/.csv data set, the others continuous: "
+        "they are dequantized (see --dequantizer) and the NLL is a bound on the mixed "
+        "likelihood, probabilities on these columns (`torchnf evaluate` reports it)",
+    )
+    p.add_argument(
+        "--categorical-columns",
+        type=integer(0),
+        nargs="+",
+        default=None,
+        metavar="J",
+        help="categorical columns (codes 0..K-1, K counted from the data): each becomes "
+        "ceil(log2 K) bits, dequantized like integer columns (binary argmax dequantization)",
+    )
+    p.add_argument(
+        "--dequantizer",
+        choices=DEQUANTIZERS,
+        default=None,
+        help="how discrete columns are dequantized: uniform noise, or variational (a "
+        "conditional spline flow q(u | x) trained jointly, a tighter bound) (default: uniform)",
+    )
+    p.add_argument(
         "--bounds",
         type=bounds_token,
         nargs="+",
@@ -143,6 +170,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     data_name = args.data or first_available(DEFAULT_DATA, list(TARGETS), "data set")
     models = [e.name for e in registry.entries("model")]
     model_name = model_entry(args.model or first_available(DEFAULT_MODELS, models, "model")).name
+    discrete = bool(args.discrete_columns or args.categorical_columns or args.dequantizer)
     images = load_images(data_name, "train")
     if images is not None:  # several dequantized copies of the discrete training images
         if args.dequantize:
@@ -150,7 +178,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         pixels, n_values = images
         copies = max(1, math.ceil(args.n_points / len(pixels)))
         data = dequantize(pixels, torch.Generator().manual_seed(args.seed), copies)
-    elif Path(data_name).suffix.lower() == ".npy":
+    elif Path(data_name).suffix.lower() == ".npy" and not discrete:
         data, n_values = open_npy(data_name), None  # memory-mapped, read batch by batch
     else:
         data, n_values = resolve_data(data_name, args.n_points, args.seed), None
@@ -162,14 +190,18 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         if args.dequantize and not integers:
             raise ValueError(f"--dequantize needs integer-valued data; {data_name} has fractions")
         for warning in warnings if main_rank else ():
-            if not (args.dequantize and warning.startswith("all values are integers")):
+            if not ((args.dequantize or discrete) and warning.startswith("all values are")):
                 print(f"torchnf train: warning: {warning}", file=sys.stderr)
     torch.manual_seed(args.seed)
     features = math.prod(data.shape[1:])
     if args.threads is not None or features <= 100:
         torch.set_num_threads(args.threads or 1)
     known = TARGETS[data_name].circular if data_name in TARGETS else None
-    flow = build_model(model_name, torch.Size(data.shape[1:]), args, n_values, known)
+    if discrete:
+        flow = dequantized_model(model_name, data, args, images is not None)
+        data = flow.encode(data)
+    else:
+        flow = build_model(model_name, torch.Size(data.shape[1:]), args, n_values, known)
     if getattr(flow, "circular", None):
         check_angles(data, flow.circular)
     context = None
@@ -187,7 +219,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
             context,
             val_fraction=args.val_fraction,
             run=folder,
-            dequantize=args.dequantize,
+            dequantize=args.dequantize or None,  # None: a Dequantized model's own columns
             metadata={
                 "data": data_name,
                 "input_size": features,
@@ -211,7 +243,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
     if not args.quiet:
         last = records[-1] if records else {}
         nll = last.get("val_nll", last.get("train_nll", float("nan")))
-        bound = " (an upper bound on the discrete NLL)" if args.dequantize else ""
+        bound = " (an upper bound on the discrete NLL)" if args.dequantize or discrete else ""
         print(
             f"{model_name} on {data_name}: NLL {nll:.4f} nats{bound} "
             f"({nll / features:.4f} per dimension) after step {last.get('step', 0)} in "
@@ -224,6 +256,41 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
             test = load_images(data_name, "test")[0]
             bits = bits_per_dim(flow, test.to(device), generator=torch.Generator().manual_seed(0))
             print(f"test bits/dim on {data_name}: {bits:.4f} over {len(test)} images")
+
+
+def dequantized_model(
+    model_name: str, data: Tensor, args: argparse.Namespace, images: bool
+) -> Dequantized:
+    """``model_name`` inside a :class:`~torchnf.models.Dequantized` for the columns that
+    ``--discrete-columns`` and ``--categorical-columns`` name (all with ``--dequantize``),
+    after checking them (in range, distinct, integer-valued); ``K`` of a categorical column
+    is its largest code plus one."""
+    if images or data.dim() != 2:
+        raise ValueError("--discrete-columns, --categorical-columns and --dequantizer are for rows")
+    for option in ("--context", "--bounds", "--circular"):
+        value = getattr(args, option[2:])
+        if value is not None:
+            raise ValueError(f"{option} cannot be combined with discrete or categorical columns")
+    discrete, categorical = args.discrete_columns or [], args.categorical_columns or []
+    if args.dequantize and (discrete or categorical):
+        raise ValueError("--dequantize makes every column discrete; drop it or name the columns")
+    if args.dequantize:
+        discrete = list(range(data.shape[1]))
+    if not (discrete or categorical):
+        raise ValueError(
+            "--dequantizer needs --discrete-columns, --categorical-columns or --dequantize"
+        )
+    check_columns(data.shape[1], discrete, categorical)
+    check_integers(data, discrete)
+    check_integers(data, categorical, "categorical")
+    n_categories = [max(2, int(data[:, j].max()) + 1) for j in categorical]
+    width = data.shape[1] + sum(math.ceil(math.log2(k)) - 1 for k in n_categories)
+    inner = build_model(model_name, torch.Size([width]), args)
+    config = {k: v for k, v in inner.config.items() if k != "input_size"}
+    dequantizer = args.dequantizer or "uniform"
+    return Dequantized(
+        data.shape[1], model_name, config, discrete, categorical, n_categories, dequantizer
+    )
 
 
 def load_context(path: str, n_rows: int, images: bool) -> Tensor:
