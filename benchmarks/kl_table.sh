@@ -16,3 +16,6 @@ torchnf bench --models ResidualFlow --steps 1000 --threads 1 --targets moons rin
 # Neural autoregressive flows (NAF, UMNN) and Bernstein-polynomial flows on the 2-D targets.
 torchnf bench --models NAF UMNN BernsteinFlow --steps 1000 --threads 1 \
   --targets moons ring banana funnel --out benchmarks/kl/neural
+# Circular splines (CircularNSF, models/circular.py) against NSF on the targets with angles.
+torchnf bench --models CircularNSF NSF --steps 1000 --threads 1 --targets torus cylinder \
+  --out benchmarks/kl/circular

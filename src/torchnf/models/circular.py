@@ -15,7 +15,7 @@ from torchnf.layers.circular import CircularSplineCoupling, circular_columns
 @register(
     "model",
     example=lambda context_size: CircularNSF(
-        3, circular=[0, 2], n_layers=2, hidden_sizes=(8,), n_bins=4, context_size=context_size
+        3, circular=[0], n_layers=2, hidden_sizes=(8,), n_bins=4, context_size=context_size
     ),
     conditional=True,
 )
