@@ -265,11 +265,13 @@ class Dequantized(Flow):
         self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         r"""``(n_samples, N)`` draws of :math:`\log p(e(x) + u) - \log q(u | x)`, ``u ~ q``,
-        for raw points ``x`` ``(N, *raw_shape)``: their mean estimates the ELBO."""
+        for raw points ``x`` ``(N, *raw_shape)`` (one batch of ``n_samples * N`` points):
+        their mean estimates the ELBO."""
         if n_samples < 1:
             raise ValueError(f"expected n_samples >= 1, got {n_samples}")
-        v = self.encode(x)
-        return torch.stack([self.log_prob(self._noise(v, generator)) for _ in range(n_samples)])
+        v = self.encode(x)  # all draws in one batch: (n_samples * N, ...)
+        v = v.expand(n_samples, *v.shape).reshape(n_samples * len(v), *v.shape[1:])
+        return self.log_prob(self._noise(v, generator)).reshape(n_samples, len(x))
 
     def log_prob_discrete(
         self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
