@@ -205,3 +205,15 @@ def test_train_command_takes_the_angle_columns_of_the_data_set(tmp_path) -> None
     assert cli.main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
     config = json.loads((tmp_path / "cylinder-circularnsf" / "config.json").read_text())
     assert config["config"]["circular"] == [0]
+
+
+def test_circular_actnorm_standardizes_the_reals_and_never_moves_the_angles() -> None:
+    flow = CircularNSF(2, circular=[0], n_layers=2, hidden_sizes=(8,), n_bins=4)
+    g = torch.Generator().manual_seed(0)
+    theta = (2 * torch.rand(2000, generator=g) - 1) * PI
+    data = torch.stack([theta, 1000 + 50 * torch.sin(theta) + torch.randn(2000, generator=g)], -1)
+    fit(flow, data, steps=20, batch_size=256, lr=1e-2, val_fraction=0, progress=False)
+    norm = flow.bijector[0]
+    assert norm.center[0] == 0 and norm.log_inv_scale[0] == 0 and norm.center[1] > 900
+    assert norm.loc[0] == 0 and norm.log_scale[0] == 0 and norm.log_scale[1] != 0
+    assert flow.log_prob(data).mean() > -7  # a real column at 1000 +- 35, fitted

@@ -4,6 +4,7 @@ from torchnf.layers.autoregressive import MaskedAffineAutoregressive, MaskedAuto
 from torchnf.layers.bounds import BoundedSupport
 from torchnf.layers.circular import (
     AngleEmbeddingMLP,
+    CircularActNorm,
     CircularRQSTransformer,
     CircularSplineCoupling,
     MixedTransformer,
@@ -46,6 +47,7 @@ __all__ = [
     "AngleEmbeddingMLP",
     "BernsteinTransformer",
     "BoundedSupport",
+    "CircularActNorm",
     "CircularRQSTransformer",
     "CircularSplineCoupling",
     "Coupling",

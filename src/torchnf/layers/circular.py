@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
+from torch.nn.utils import parametrize
 
 from torchnf.core.registry import register
 from torchnf.functional.splines import rqs_forward, rqs_inverse, rqs_knots
 from torchnf.layers.coupling import Coupling, checkerboard_mask
+from torchnf.layers.linear import ActNorm
 from torchnf.layers.splines import RQSTransformer
 from torchnf.layers.transformers import Transformer
 from torchnf.nets.mlp import MLP
@@ -367,3 +369,59 @@ class CircularSplineCoupling(Coupling):
         super().__init__(transformer, conditioner, mask)
         self.circular = circular
         self.domain = self.codomain = torus_constraint(input_size, circular)
+
+
+class _Masked(nn.Module):
+    """Parametrization ``v -> v * mask``: the masked entries are held at 0."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, v: Tensor) -> Tensor:
+        return v * self.mask
+
+
+@register("layer", example=lambda context_size: CircularActNorm(3, circular=[1]))
+class CircularActNorm(ActNorm):
+    r""":class:`~torchnf.layers.ActNorm` on the real columns, the identity on the angles:
+    ``y = f(x)`` with :math:`y_i = ((x_i - m_i) / s_i) e^{-a_i} - b_i` for a real column and
+    :math:`y_i = x_i` for an angle.
+
+    A rescaling or shift of an angle would break its periodicity (the image of
+    :math:`[-\pi, \pi)` would no longer be the circle), so on the ``circular`` columns
+    :meth:`initialize` leaves ``m = 0``, ``s = 1`` and the learned ``a``, ``b`` are held at 0
+    (a ``torch.nn.utils.parametrize`` mask). :math:`\log|\det| = -\sum_{i \, real}
+    (\log s_i + a_i)`. Shapes: ``x``, ``y`` ``(*batch, D)``, ``log_det`` ``(*batch,)``.
+
+    Arguments:
+        input_size: number of features ``D``.
+        circular: the angle columns.
+
+    References:
+        Kingma, Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018,
+        arXiv:1807.03039 (ActNorm).
+
+    Example:
+        >>> layer = CircularActNorm(2, circular=[0])
+        >>> x = torch.stack([torch.rand(500) * 6 - 3, 100 + 10 * torch.randn(500)], -1)
+        >>> y = layer.initialize(x)
+        >>> torch.equal(y[:, 0], x[:, 0]), round(float(y[:, 1].std()), 2)
+        (True, 1.0)
+    """
+
+    def __init__(self, input_size: int, circular: Sequence[int]) -> None:
+        super().__init__(input_size)
+        self.circular = circular_columns(circular, input_size)
+        real = torch.ones(input_size)
+        real[self.circular] = 0.0
+        for name in ("loc", "log_scale"):
+            parametrize.register_parametrization(self, name, _Masked(real))
+        self.domain = self.codomain = torus_constraint(input_size, self.circular)
+
+    def _initialize(self, x: Tensor, context: Tensor | None) -> None:
+        super()._initialize(x, context)
+        self.center[self.circular] = 0.0
+        self.log_inv_scale[self.circular] = 0.0
+        for name in ("loc", "log_scale"):
+            getattr(self.parametrizations, name).original.zero_()

@@ -9,7 +9,7 @@ from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
 from torchnf.distributions.base import BaseDistribution, ProductBase, StandardNormal, Uniform
-from torchnf.layers.circular import CircularSplineCoupling, circular_columns
+from torchnf.layers.circular import CircularActNorm, CircularSplineCoupling, circular_columns
 
 
 @register(
@@ -23,8 +23,11 @@ class CircularNSF(Flow):
     r"""Neural spline flow on :math:`T^k \times \mathbb{R}^{D-k}`, ``z = f(x | c)``: angle
     columns through circular splines, real columns through NSF's splines.
 
-    ``f = S_L \circ \cdots \circ S_1``, each ``S_l`` a :class:`CircularSplineCoupling` whose
-    alternating mask keeps the even features, then the odd ones: a transformed angle
+    ``f = S_L \circ \cdots \circ S_1 \circ A``: ``A`` a :class:`CircularActNorm` that
+    ``flow.initialize(x)`` (called by ``fit``) sets to standardize the real columns, the
+    identity on the angles (absent when every column is an angle); each ``S_l`` a
+    :class:`CircularSplineCoupling` whose alternating mask keeps the even features, then the
+    odd ones: a transformed angle
     :math:`\theta_i` goes through a circular spline (:class:`CircularRQSTransformer`: a
     rational-quadratic spline on :math:`[-\pi, \pi]` with its ends pinned and one derivative
     at both, then a learned rotation mod :math:`2\pi`), a transformed real feature through the
@@ -38,11 +41,9 @@ class CircularNSF(Flow):
         \log p(x | c) = -k \log 2\pi + \log N(z_{real}; 0, I) + \log|\det \partial f/\partial x|
 
     is continuous and periodic in every angle: the density on the torus has no seam at
-    :math:`\pm\pi`, and samples stay in :math:`[-\pi, \pi)` on the angle columns. There is no
-    ActNorm (a rescaling would break periodicity); real columns should be roughly
-    standardized, as the affine maps before their splines have bounded log-scales (``e^{\pm
-    3}``). Angles are read mod :math:`2\pi`; data should hold them in radians in
-    :math:`[-\pi, \pi)` (the command refuses others with
+    :math:`\pm\pi`, and samples stay in :math:`[-\pi, \pi)` on the angle columns. Angles are
+    never rescaled (that would break periodicity); they are read mod :math:`2\pi`, and data
+    should hold them in radians in :math:`[-\pi, \pi)` (the command refuses others with
     :func:`~torchnf.layers.circular.check_angles`).
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
@@ -91,6 +92,8 @@ class CircularNSF(Flow):
             )
             for i in range(n_layers)
         ]
+        if len(columns) < input_size:  # standardize the real columns
+            layers.insert(0, CircularActNorm(input_size, columns))
         super().__init__(Chain(*layers), torus_base(input_size, columns))
         self.circular = columns
 
