@@ -103,7 +103,7 @@ class Bijector(nn.Module):
 
     @property
     def inv(self) -> Bijector:
-        """The inverse view: a bijector whose forward is this one's inverse."""
+        """Its inverse view, a bijector whose forward is this one's inverse."""
         return Inverse(self)
 
     @torch.no_grad()

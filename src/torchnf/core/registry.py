@@ -45,6 +45,7 @@ class Entry:
     conditional: bool
 
 
+#: Every registered class by name, filled by :func:`register`.
 REGISTRY: dict[str, Entry] = {}
 
 

@@ -165,6 +165,7 @@ class GaussianMixtureTarget(Target):
         return torch.logsumexp(comp + torch.log(self.weights), dim=-1)
 
 
+#: Every target by name, filled by :func:`register_target`.
 TARGETS: dict[str, Target] = {}
 
 

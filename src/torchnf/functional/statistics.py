@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-#: P(N(0, 1) < 1): the central interval [q(1 - p), q(p)] is one standard deviation wide each
-#: side for Gaussian data.
+#: The standard normal CDF at 1, so the central interval [q(1 - p), q(p)] is one standard
+#: deviation wide each side for Gaussian data.
 PHI_1 = 0.8413447460685429
 #: Winsorize at this many robust scales from the median.
 CLIP = 5.0

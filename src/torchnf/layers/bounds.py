@@ -18,7 +18,7 @@ from torch.distributions import constraints
 from torchnf.core.bijector import Bijector
 from torchnf.core.registry import register
 
-#: One dimension's bounds: ``(low, high)``, ``(low, None)``, ``(None, high)`` or ``None``.
+#: The bounds of one dimension, ``(low, high)``, ``(low, None)``, ``(None, high)`` or ``None``.
 Bound = Sequence[float | None] | None
 
 

@@ -5,7 +5,7 @@ as ``Flow(bijector, context_encoder=g)`` (the flow reads the raw context's shape
 ``g.context_shape``) or, to a ready-made model, its JSON spec ``embedding={"name": ..., ...}``
 (:func:`build_embedding`), which the checkpoint's ``config.json`` records, so the model is
 rebuilt with its embedding. ``g`` runs once per call, after the flow's context standardizer
-(:class:`~torchnf.core.flow.ContextStandardizer`, which standardizes along ``g.feature_dim``).
+(the flow's context standardizer, which standardizes along ``g.feature_dim``).
 
 Every embedding maps ``(*batch, *context_shape)`` to ``(*batch, output_size)``, treats each
 batch item on its own (no batch normalization), and refuses a context of another shape with a

@@ -112,7 +112,7 @@ class MADE(ConditionerNet):
 
     @property
     def order(self) -> range:
-        """The features in autoregressive order: ``range(D)``, or ``D - 1`` down to 0 when
+        """The features in autoregressive order, ``range(D)`` or ``D - 1`` down to 0 when
         :meth:`reverse_` has turned it around."""
         d = self.input_size
         return range(d - 1, -1, -1) if self.reversed else range(d)

@@ -3,7 +3,7 @@
 A run folder holds ``config.json`` (the model, its config, the dtype, a fingerprint of the
 data and what the caller adds), ``model.safetensors`` (the checkpoint: weights with the
 optimizer and hook state of the same step, one file), ``metrics.jsonl`` (one record per log
-interval) and whatever plots the caller writes into :attr:`RunFolder.dir`.
+interval) and whatever plots the caller writes into ``RunFolder.dir``.
 
 The rules, so that no run is lost, overwritten or wrongly resumed:
 

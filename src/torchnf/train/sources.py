@@ -34,7 +34,7 @@ from torchnf.data.loaders import (
 from torchnf.train.objectives import Batch
 from torchnf.train.tables import BatchConverter, Contexts, table_for
 
-#: Rows read at once for validation (and by :func:`evaluate_rows`).
+#: Rows read at once for validation (and by :func:`~torchnf.train.evaluate_nll`).
 VALIDATION_ROWS = 8192
 
 
