@@ -248,6 +248,10 @@ class ProductBase(BaseDistribution):
         bases: one base per group of columns.
         columns: the columns of each group.
 
+    References:
+        Rezende et al., "Normalizing Flows on Tori and Spheres", 2020, arXiv:2002.02428
+        (uniform bases on tori).
+
     Example:
         >>> base = ProductBase([Uniform(1, -math.pi, math.pi), StandardNormal(1)], [[1], [0]])
         >>> base.log_prob(torch.tensor([0.0, 3.0])), base.sample((5,)).shape

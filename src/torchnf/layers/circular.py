@@ -198,6 +198,10 @@ class MixedTransformer(Transformer):
         transformers: the elementwise transformers.
         groups: one list of feature positions per transformer.
 
+    References:
+        Rezende et al., "Normalizing Flows on Tori and Spheres", 2020, arXiv:2002.02428
+        (circular and real features in one coupling layer).
+
     Example:
         >>> tau = MixedTransformer([CircularRQSTransformer(4), RQSTransformer(4)], [[1], [0]])
         >>> x = torch.tensor([[10.0, 3.0]])
@@ -260,6 +264,9 @@ class AngleEmbeddingMLP(nn.Module):
         circular: positions of the angle features in ``x``.
         hidden_sizes: widths of the MLP's hidden layers.
         context_size: size of the context (0 for none).
+
+    References:
+        Rezende et al., "Normalizing Flows on Tori and Spheres", 2020, arXiv:2002.02428.
 
     Example:
         >>> net = AngleEmbeddingMLP(2, 3, circular=[1], hidden_sizes=(8,))
