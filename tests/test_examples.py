@@ -52,3 +52,22 @@ def test_the_amortized_posterior_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "samples inside the prior's box: True" in result.stdout
     assert out.stat().st_size > 10_000
+
+
+def test_the_mixed_tabular_example_runs(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "mixed.png"
+    argv = ["--rows", "500", "--steps", "5", "--iw-samples", "2", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "mixed_tabular.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    exact = float(lines[0].split(": ")[1].split()[0])
+    bounds = [float(line.split("ELBO bound ")[1].split()[0]) for line in lines[1:3]]
+    assert all(bound > exact for bound in bounds)  # a bound never beats the exact NLL
+    assert out.stat().st_size > 10_000
