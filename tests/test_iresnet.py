@@ -13,8 +13,10 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.func import functional_call
 
+from torchnf.diagnostics import check
 from torchnf.functional.lipschitz import (
     contraction_solve,
+    elu,
     jacobian_product,
     lipswish,
     residual_log_det,
@@ -51,13 +53,25 @@ def _residual(block: InvertibleResidualBlock, x: torch.Tensor) -> torch.Tensor:
     return block(x)[0] - x
 
 
-def test_lipswish_slope_is_bounded_by_one_and_matches_autograd() -> None:
+@pytest.mark.parametrize("beta", [None, 0.0, 0.5, 1.0, 10.0], ids=lambda b: f"{b}")
+def test_activation_slope_is_bounded_by_one_and_matches_autograd(beta: float | None) -> None:
+    """``beta=None`` is ELU, the others LipSwish."""
     a = torch.linspace(-20, 20, 4001, dtype=torch.float64, requires_grad=True)
-    for beta in (0.0, 0.5, 1.0, 10.0):
+    if beta is None:
+        value, slope = elu(a)
+    else:
         value, slope = lipswish(a, torch.tensor(beta, dtype=torch.float64))
-        (autograd,) = torch.autograd.grad(value.sum(), a)
-        assert torch.allclose(slope, autograd, rtol=1e-12, atol=1e-14)
-        assert float(slope.detach().abs().max()) <= 1.0
+    (autograd,) = torch.autograd.grad(value.sum(), a)
+    assert torch.allclose(slope, autograd, rtol=1e-12, atol=1e-14)
+    assert float(slope.detach().abs().max()) <= 1.0
+
+
+def test_lipswish_block_passes_the_checks() -> None:
+    """The contract's numeric checks on the non-default activation (learned slopes)."""
+    block = _block(activation="lipswish")
+    report = check(block, atol=1e-6)
+    assert report.passed, report.failures
+    assert len(block.beta_raw) == 2
 
 
 def test_lipschitz_bound_holds_after_optimizer_steps() -> None:
@@ -212,8 +226,9 @@ def test_default_log_det_depends_on_the_size() -> None:
         ({"roulette_p": 0.0}, "roulette_p"),
         ({"max_iter": 0}, "max_iter >= 1"),
         ({"hidden_sizes": (0,)}, "positive hidden_sizes"),
+        ({"activation": "relu"}, "activation in"),
     ],
-    ids=["lipschitz", "log_det", "roulette_p", "max_iter", "hidden_sizes"],
+    ids=["lipschitz", "log_det", "roulette_p", "max_iter", "hidden_sizes", "activation"],
 )
 def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -43,6 +43,7 @@ class ResidualFlow(Flow):
         context_size: size of the context (0 for an unconditional flow; with an
             ``embedding``, 0 or its ``output_size``).
         lipschitz: the bound ``c < 1`` on each block's residual Lipschitz constant.
+        activation: the blocks' activation, ``"elu"`` or ``"lipswish"``.
         log_det: ``"exact"``, ``"roulette"`` or None (exact up to 16 features).
         tol: tolerance of each block's inverse (default: per dtype, see
             :class:`InvertibleResidualBlock`).
@@ -73,6 +74,7 @@ class ResidualFlow(Flow):
         hidden_sizes: Sequence[int] = (64, 64),
         context_size: int = 0,
         lipschitz: float = 0.9,
+        activation: str = "elu",
         log_det: str | None = None,
         tol: float | None = None,
         max_iter: int = 1000,
@@ -87,6 +89,7 @@ class ResidualFlow(Flow):
                 hidden_sizes,
                 context_size,
                 lipschitz=lipschitz,
+                activation=activation,
                 log_det=log_det,
                 tol=tol,
                 max_iter=max_iter,
