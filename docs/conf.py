@@ -36,6 +36,7 @@ source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "_generated/*.log"]
 myst_enable_extensions = ["dollarmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
+myst_update_mathjax = False  # its MathJax 3 options would stop MathJax 2
 # Pages that include README sections start their levels below the page title.
 suppress_warnings = ["myst.header"]
 
@@ -65,7 +66,9 @@ html_theme = "furo"
 html_title = "torchnf"
 # MathJax from the jupyter-server-mathjax package (MathJax 2.7, no network at build or read time).
 html_static_path = [str(Path(jupyter_server_mathjax.__file__).parent / "static")]
-mathjax_path = "MathJax.js?config=TeX-AMS-MML_HTMLorMML"
+mathjax_path = "MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+mathjax3_config = None
+mathjax2_config = {"tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]]}}
 
 
 def _figures(app: Any) -> None:
