@@ -13,7 +13,10 @@ from torchnf.data import TARGETS, Target, get_target
 
 NAMES = list(TARGETS)
 LOW_DIM = [n for n in NAMES if TARGETS[n].dim <= 2 and n != "funnel"]  # grid-integrable
-SMOOTH = [n for n in NAMES if n != "checkerboard"]  # differentiable densities
+# Densities on the torus jump to 0 at +-pi (the midpoint rule then errs by O(cell width)) and
+# their Stein identities have periodic boundary terms: tests/test_circular.py checks them.
+CIRCULAR = {n for n in NAMES if TARGETS[n].circular}
+SMOOTH = [n for n in NAMES if n != "checkerboard" and n not in CIRCULAR]  # differentiable
 
 
 def test_at_least_eight_targets_from_1d_to_16d() -> None:
@@ -61,7 +64,7 @@ def _grid(t: Target, n: int) -> tuple[torch.Tensor, float, torch.Tensor, float]:
     return points, width**t.dim, lo, width
 
 
-@pytest.mark.parametrize("name", LOW_DIM)
+@pytest.mark.parametrize("name", [n for n in LOW_DIM if n not in CIRCULAR])
 def test_log_prob_integrates_to_one_on_a_grid(name: str) -> None:
     t = get_target(name)
     points, volume, _, _ = _grid(t, 4000 if t.dim == 1 else 240)

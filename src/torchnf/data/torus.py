@@ -3,8 +3,9 @@ r"""Targets of known density with angle columns: a mixture on the torus and a cy
 Angles are in radians in :math:`[-\pi, \pi)`; a target's ``circular`` lists its angle
 columns (the models that take ``circular=``, :class:`~torchnf.models.CircularNSF`, get them
 from it in ``torchnf bench`` and ``torchnf train``). Densities are with respect to the
-Lebesgue measure on :math:`[-\pi, \pi)` per angle, so the KL to a flow on the real line is
-finite (that flow wastes mass outside the box) and comparable.
+Lebesgue measure on :math:`[-\pi, \pi)` per angle, 0 outside (``log_prob = -inf`` where an
+angle leaves the interval), so the KL to a flow on the real line is finite (that flow wastes
+mass outside the box) and comparable.
 
 ==============  ====  ========================================================================
 name            dim   density
@@ -38,6 +39,12 @@ from torchnf.data.targets import Target, register_target
 from torchnf.layers.circular import wrap_angle
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def _on_box(log_prob: Tensor, angles: Tensor) -> Tensor:
+    """``log_prob`` where every angle (columns of ``angles``) is in [-pi, pi), else -inf."""
+    inside = ((angles >= -math.pi) & (angles < math.pi)).all(-1)
+    return log_prob.masked_fill(~inside, -math.inf)
 
 
 def von_mises_log_prob(theta: Tensor, loc: Tensor, concentration: Tensor) -> Tensor:
@@ -131,7 +138,7 @@ class TorusMixture(Target):
         comp = von_mises_log_prob(theta1, self.loc[:, 0], self.concentration[:, 0])
         loc2 = self.loc[:, 1] + self.winding * theta1
         comp = comp + von_mises_log_prob(theta2, loc2, self.concentration[:, 1])
-        return torch.logsumexp(comp + self.log_weights, -1)
+        return _on_box(torch.logsumexp(comp + self.log_weights, -1), x)
 
 
 class Cylinder(Target):
@@ -174,7 +181,7 @@ class Cylinder(Target):
         log_theta = torch.logsumexp(comp, -1) - math.log(2)
         mean, scale = self._mean_scale(theta)
         log_x = -0.5 * ((value - mean) / scale).square() - torch.log(scale) - 0.5 * _LOG_2PI
-        return log_theta + log_x
+        return _on_box(log_theta + log_x, x[:, :1])
 
 
 register_target(
