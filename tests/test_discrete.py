@@ -167,7 +167,7 @@ SMALL = ["--model", "RealNVP", "--n-layers", "2", "--hidden-sizes", "8", "--batc
 SMALL += ["--steps", "10", "--log-every", "5", "--quiet", "--no-plots", "--threads", "1"]
 
 
-def test_train_then_evaluate_reports_the_discrete_bounds(tmp_path, capsys):
+def test_train_then_evaluate_and_sample_on_the_discrete_scale(tmp_path, capsys):
     data = _mixed_csv(tmp_path / "mixed.csv")
     argv = ["train", "--data", data, "--out", str(tmp_path), "--name", "run", *SMALL]
     assert (
@@ -190,6 +190,11 @@ def test_train_then_evaluate_reports_the_discrete_bounds(tmp_path, capsys):
     assert line.startswith("discrete-scale NLL over 400 points") and "importance-weighted" in line
     elbo, importance = (float(line.split(s)[1].split()[0]) for s in ("ELBO bound ", "draws) "))
     assert importance < elbo
+    samples = tmp_path / "samples.npy"
+    assert cli.main(["sample", str(tmp_path / "run"), "-n", "50", "-o", str(samples)]) == 0
+    rows = np.load(samples)  # raw rows: counts and category codes, decoded from the bits
+    assert rows.shape == (50, 3) and (rows[:, 1:] == np.round(rows[:, 1:])).all()
+    assert ((rows[:, 2] >= 0) & (rows[:, 2] <= 2)).all()
 
 
 @pytest.mark.parametrize(

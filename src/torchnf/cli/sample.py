@@ -24,6 +24,7 @@ from torchnf.cli.common import (
 from torchnf.core.flow import Flow
 from torchnf.data.images import save_image_grid
 from torchnf.data.loaders import SUFFIXES, load_array, save_array
+from torchnf.models.discrete import Dequantized
 from torchnf.models.image import ImageFlow
 from torchnf.train.checkpoint import load
 
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     if grid:
         save_image_grid(torch.cat(chunks).cpu(), output, flow.config["n_values"])
+    elif isinstance(flow, Dequantized):  # raw rows: integer and categorical columns decoded
+        save_array(flow.decode(torch.cat(chunks)).cpu(), output)
     else:
         save_array(torch.cat(chunks).cpu(), output)
     per_row = "" if context is None else f" for each of {len(context)} context rows"
