@@ -89,9 +89,23 @@ def test_unmet_iteration_limit_raises_with_residual(name: str) -> None:
         lambda: SylvesterBlock(3, q="givens"),
         lambda: SylvesterBlock(3, q="householder", n_reflections=0),
         lambda: SylvesterNet(2, 3, q="identity"),
+        lambda: SylvesterNet(2, 3, init="identity"),
+        lambda: SylvesterBlock(3, init="permutation"),
+        lambda: GeneralizedSylvesterBlock(3, init="rotation"),
         lambda: GeneralizedSylvesterBlock(3, tol=-1.0),
     ],
-    ids=["tol", "max_iter", "hidden_size", "q", "n_reflections", "net_q", "gs_tol"],
+    ids=[
+        "tol",
+        "max_iter",
+        "hidden_size",
+        "q",
+        "n_reflections",
+        "net_q",
+        "net_init",
+        "init",
+        "gs_init",
+        "gs_tol",
+    ],
 )
 def test_invalid_arguments_are_refused(make) -> None:
     with pytest.raises(ValueError, match="expected"):
@@ -163,6 +177,50 @@ def test_triangular_sylvester_alternates_permutations() -> None:
     blocks = list(net.bijector)[1:]
     assert [b.q_form for b in blocks] == ["identity", "reverse", "identity", "reverse"]
     assert not any(p.requires_grad for b in blocks for p in b.q.buffers())
+
+
+@pytest.mark.parametrize("context_size", [0, 2])
+@pytest.mark.parametrize("init", ["identity", "reverse"])
+def test_orthogonal_q_starts_at_a_permutation_and_learns(init: str, context_size: int) -> None:
+    block = SylvesterBlock(5, 3, init=init, context_size=context_size).double()
+    eye = torch.eye(5, dtype=torch.float64)
+    start = (eye.flip(1) if init == "reverse" else eye)[:, :3]
+    context = torch.randn(4, context_size, dtype=torch.float64) if context_size else None
+    q = block.params(context)[0]
+    torch.testing.assert_close(q, start.expand_as(q), atol=0, rtol=0)
+    report = check(_perturbed(block), context=context, batch_size=4)  # away from the start
+    assert report.passed, report.failures
+    assert block.params(context)[0].requires_grad
+
+
+@pytest.mark.parametrize("init", ["identity", "reverse"])
+def test_generalized_w_starts_at_a_permutation(init: str) -> None:
+    block = GeneralizedSylvesterBlock(4, hidden_sizes=(8,), init=init).double()
+    eye = torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(block.weight.weight(), eye.flip(1) if init == "reverse" else eye)
+    report = check(_perturbed(block), batch_size=4)
+    assert report.passed, report.failures
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda init: SylvesterNet(4, 3, init=init, actnorm=True),
+        lambda init: GeneralizedSylvesterNet(4, 3, (8,), init=init, actnorm=True),
+    ],
+    ids=["SylvesterNet", "GeneralizedSylvesterNet"],
+)
+def test_nets_alternate_permutation_starts_with_actnorms_between(make) -> None:
+    layers = list(make("permutation").bijector)
+    assert [type(layer).__name__ for layer in layers[::2]] == ["ActNorm"] * 5
+    blocks = layers[1::2]
+    weights = [b.q() if isinstance(b, SylvesterBlock) else b.weight.weight() for b in blocks]
+    eye = torch.eye(3)
+    for i, weight in enumerate(weights):
+        torch.testing.assert_close(weight.detach(), eye.flip(1) if i % 2 else eye)
+    random = [b for b in make("random").bijector if not type(b).__name__ == "ActNorm"]
+    first = random[0].q() if isinstance(random[0], SylvesterBlock) else random[0].weight.weight()
+    assert not torch.allclose(first.detach().abs(), eye)
 
 
 @pytest.mark.parametrize("name", ["SylvesterBlock", "GeneralizedSylvesterBlock"])

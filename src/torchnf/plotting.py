@@ -218,3 +218,90 @@ def plot_fit_to_target(
         ax.imshow(image.T.numpy(), origin="lower", extent=window, cmap="viridis", aspect="auto")
         ax.set_title(title)
     return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_image_inversion(
+    flow: Flow, x: Tensor, n_values: int, path: str | Path, title: str = "x -> z -> x"
+) -> float:
+    r"""Images, their latents ``z = f(x)`` and reconstructions ``f^{-1}(z)``, in three rows.
+
+    The latents are reshaped to the images' shape (a vector model behind a flattening layer
+    has as many latents as pixels) and drawn on a symmetric diverging scale; the images on
+    the pixel scale ``[0, n_values]``. The title ends with the largest reconstruction error.
+
+    Arguments:
+        flow: an unconditional flow on images ``(C, H, W)`` with ``C`` 1.
+        x: ``(N, 1, H, W)`` images on the pixel scale (dequantized values).
+        n_values: the pixel scale ``K``.
+        path: the PNG file.
+        title: the start of the title.
+
+    Returns:
+        :math:`\max |f^{-1}(f(x)) - x|`.
+    """
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected images of shape (N, 1, H, W), got {tuple(x.shape)}")
+    z, _ = flow(x)
+    x_back = flow.inverse(z)
+    error = float((x_back - x).abs().max())
+    rows = [("images x", x), ("latents z = f(x)", z.reshape(x.shape)), ("f^-1(z)", x_back)]
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.0 * len(x) + 1.4, 3.8), layout="constrained")
+    axes = fig.subplots(3, len(x), squeeze=False)
+    limit = float(z.abs().max())
+    for r, (label, images) in enumerate(rows):
+        for i, ax in enumerate(axes[r]):
+            image = images[i, 0].cpu()
+            if r == 1:
+                ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            else:
+                ax.imshow(image / n_values, cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"{title}: max |f^-1(f(x)) - x| = {error:.1e} ({str(x.dtype)[6:]})", fontsize=10)
+    _save(fig, path)
+    return error
+
+
+@torch.no_grad()
+def plot_image_samples(
+    flow: Flow,
+    n_values: int,
+    path: str | Path,
+    temperatures: Sequence[float] = (0.5, 0.8, 1.0),
+    n: int = 36,
+    seed: int = 0,
+    title: str = "samples",
+) -> Path:
+    r"""Grids of samples :math:`x = \lfloor f^{-1}(T z) \rfloor`, :math:`z \sim N(0, I)`, one per
+    temperature ``T``; write a PNG to ``path``.
+
+    Samples of a flow on dequantized pixels are floored to the discrete values they stand
+    for. Each grid draws its ``n`` samples from the same seeded generator state, so the
+    grids differ only by the temperature and the figure is the same on every run.
+
+    Arguments:
+        flow: an unconditional flow on images ``(C, H, W)``, ``C`` 1 or 3.
+        n_values: the pixel scale ``K``: discrete values ``0, ..., K - 1``.
+        path: the PNG file.
+        temperatures: one grid each.
+        n: samples per grid.
+        seed: seed of the latent draws (the global torch generator is reseeded, then
+            restored).
+        title: the figure's title.
+    """
+    from torchnf.data.images import image_grid
+
+    fig = _figure(len(temperatures), (4.2 * len(temperatures), 4.6))
+    for ax, t in zip(fig.axes, temperatures, strict=True):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            samples = flow.sample(n, temperature=t).floor().clamp(0, n_values - 1)
+        ax.imshow(image_grid(samples.cpu(), n_values - 1), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"T = {t}")
+        ax.set_axis_off()
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -255,26 +255,35 @@ class _OrthogonalColumns(nn.Module):
     """``Q (D, M)`` with orthonormal columns through ``parametrizations.orthogonal``.
 
     The matrix-exponential map without trivialization: ``Q`` is the first ``M`` columns of
-    ``exp(A)``, ``A`` skew-symmetric, orthonormal to the working precision in any dtype. The
-    map reads only the lower triangle of the raw ``(D, M)`` weight, so those ``n_offsets``
-    entries are what an amortized block offsets.
+    ``exp(A)``, ``A`` skew-symmetric, orthonormal to the working precision in any dtype,
+    with its rows reversed if ``init == "reverse"`` (``J exp(A)``, ``J`` the reversal). The
+    raw weight starts random (``init == "random"``: a random rotation) or at zero (``A = 0``:
+    ``Q`` starts at the columns of the identity or of ``J``). The map reads only the lower
+    triangle of the raw ``(D, M)`` weight, so those ``n_offsets`` entries are what an
+    amortized block offsets.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, generator: torch.Generator, init: str
+    ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(input_size, hidden_size, generator=generator))
+        shape = (input_size, hidden_size)
+        raw = torch.randn(shape, generator=generator) if init == "random" else torch.zeros(shape)
+        self.weight = nn.Parameter(raw)
         parametrizations.orthogonal(
             self, "weight", orthogonal_map="matrix_exp", use_trivialization=False
         )
-        self.shape = (input_size, hidden_size)
+        self.shape, self.reverse = shape, init == "reverse"
         self.n_offsets = len(torch.tril_indices(*self.shape)[0])
 
     def forward(self, offset: Tensor | None = None) -> Tensor:
         if offset is None:
-            return self.weight
-        index = torch.tril_indices(*self.shape, device=offset.device)
-        raw = self.parametrizations.weight.original + _scatter(offset, index, self.shape)
-        return self.parametrizations.weight[0](raw)
+            q = self.weight
+        else:
+            index = torch.tril_indices(*self.shape, device=offset.device)
+            raw = self.parametrizations.weight.original + _scatter(offset, index, self.shape)
+            q = self.parametrizations.weight[0](raw)
+        return q.flip(-2) if self.reverse else q
 
 
 class _HouseholderColumns(nn.Module):
@@ -311,6 +320,23 @@ class _PermutationColumns(nn.Module):
 
 
 Q_FORMS = ("orthogonal", "householder", "identity", "reverse")
+#: Starts of a learned ``Q`` or ``W``: a random rotation, or a permutation.
+INITS = ("random", "identity", "reverse")
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"expected init in {INITS}, got {init!r}")
+
+
+@torch.no_grad()
+def _start_at_permutation(weight: LUWeight, reverse: bool) -> None:
+    """Set ``W = P L U`` to the identity or the reversal: ``P`` that permutation, ``L = U = I``."""
+    eye = torch.eye(len(weight.log_diag))
+    weight.permutation.copy_(eye.flip(1) if reverse else eye)
+    weight.sign.fill_(1.0)
+    for factor in (weight.lower, weight.upper, weight.log_diag):
+        factor.zero_()
 
 
 @register(
@@ -335,6 +361,14 @@ class SylvesterBlock(Bijector):
     :math:`\log|\det| = \sum_i \log(1 + r_{1,ii} r_{2,ii} \mathrm{sech}^2(a_i))`,
     :math:`a = R_1 Q^\top x + b`. Starts as the identity (``R_2 = 0``).
 
+    Where a learned ``Q`` starts matters on data with meaningful coordinates (pixels): a
+    random rotation mixes every coordinate into every ``Q``-coordinate, where one ``tanh``
+    each cannot shape a pixel's two-mode marginal (ink or background), while a permutation
+    start (``init="identity"`` or ``"reverse"``, orthogonal form) begins as a triangular
+    block in the data's own coordinates and learns its rotation from there. On the 8x8
+    digits, 16 blocks reach 2.10 test bits/dim from a permutation start and 2.25 from a
+    random one (``examples/sylvester_digits.py``).
+
     Amortized (``context_size > 0``), as in the paper's experiments: ``R_1``, ``R_2``
     (their upper triangles), ``b`` and the raw parameters of ``Q`` (the orthogonal map's
     lower triangle, or the reflection vectors; a permutation stays fixed) are per sample,
@@ -355,8 +389,12 @@ class SylvesterBlock(Bijector):
         n_reflections: number of reflections of the ``"householder"`` form (default ``D``).
         tol: tolerance of the inverse (default: 1e-12 in float64, about 1e-6 in float32).
         max_iter: iteration limit of the inverse, per coordinate.
-        seed: seed of the initial ``Q``.
+        seed: seed of the initial ``Q`` (``init="random"``).
         context_size: size of the context (0 for an unconditional block).
+        init: start of an orthogonal ``Q``: ``"random"`` (a random rotation drawn from
+            ``seed``), ``"identity"`` or ``"reverse"`` (the first ``M`` columns of that
+            permutation). The Householder form starts at random rotations; the fixed forms
+            ignore it.
 
     References:
         Sylvester Normalizing Flows for Variational Inference (van den Berg et al., 2018,
@@ -383,8 +421,10 @@ class SylvesterBlock(Bijector):
         max_iter: int = 100,
         seed: int = 0,
         context_size: int = 0,
+        init: str = "random",
     ) -> None:
         super().__init__(input_size, context_size)
+        _check_init(init)
         hidden_size = input_size if hidden_size is None else hidden_size
         if not 1 <= hidden_size <= input_size:
             raise ValueError(
@@ -394,7 +434,7 @@ class SylvesterBlock(Bijector):
         self.hidden_size, self.tol, self.max_iter = hidden_size, tol, max_iter
         g = torch.Generator().manual_seed(seed)
         if q == "orthogonal":
-            self.q = _OrthogonalColumns(input_size, hidden_size, g)
+            self.q = _OrthogonalColumns(input_size, hidden_size, g, init)
         elif q == "householder":
             k = input_size if n_reflections is None else n_reflections
             self.q = _HouseholderColumns(input_size, hidden_size, k, g)
@@ -458,7 +498,10 @@ class GeneralizedSylvesterBlock(Bijector):
     directly, so each diagonal derivative :math:`1 + \kappa\,\mathrm{sech}^2(\cdot) > 0` and
     ``f`` is invertible for any parameters. The Jacobian of :math:`f_{AR}` is triangular, so
     :math:`\log|\det| = \sum_i \log(1 + \kappa_i \mathrm{sech}^2(s_{1,i} u_i + t_{1,i}))`
-    (``W`` cancels). Starts as the identity (the MADE output is zero-initialized).
+    (``W`` cancels). Starts as the identity (the MADE output is zero-initialized), with
+    ``W`` at a random rotation or, with ``init="identity"`` or ``"reverse"``, at that
+    permutation (a residual MAF in the data's own coordinates, which then learns ``W``; see
+    :class:`SylvesterBlock` on why this matters for pixels).
 
     Inverse: :math:`u = W x` solves :math:`u + f_{AR}(u) = W y` coordinate by coordinate in
     the autoregressive order, each an increasing scalar equation (``D`` MADE passes), then
@@ -473,7 +516,9 @@ class GeneralizedSylvesterBlock(Bijector):
         context_size: size of the context (0 for an unconditional block).
         tol: tolerance of the inverse (default: 1e-12 in float64, about 1e-6 in float32).
         max_iter: iteration limit of the inverse, per coordinate.
-        seed: seed of the initial ``W`` (a random rotation).
+        seed: seed of the initial ``W`` (``init="random"``).
+        init: start of ``W``: ``"random"`` (a random rotation drawn from ``seed``),
+            ``"identity"`` or ``"reverse"`` (that permutation).
 
     References:
         The Convolution Exponential and Generalized Sylvester Flows (Hoogeboom et al., 2020,
@@ -495,11 +540,15 @@ class GeneralizedSylvesterBlock(Bijector):
         tol: float | None = None,
         max_iter: int = 100,
         seed: int = 0,
+        init: str = "random",
     ) -> None:
         super().__init__(input_size, context_size)
         _check_solver(tol, max_iter)
+        _check_init(init)
         self.tol, self.max_iter = tol, max_iter
         self.weight = LUWeight(input_size, seed=seed)
+        if init != "random":
+            _start_at_permutation(self.weight, reverse=init == "reverse")
         self.made = MADE(input_size, 4, hidden_sizes, context_size)
 
     @staticmethod

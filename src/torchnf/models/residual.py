@@ -4,12 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torchnf.core.bijector import Bijector
 from torchnf.core.chain import Chain
 from torchnf.core.flow import Flow
 from torchnf.core.registry import register
 from torchnf.layers.bounds import Bound, support_layers
 from torchnf.layers.linear import ActNorm
 from torchnf.layers.residual import GeneralizedSylvesterBlock, Planar, Radial, SylvesterBlock
+
+
+def _alternating(i: int) -> str:
+    """Block ``i``'s permutation: the identity for even ``i``, the reversal for odd."""
+    return ("identity", "reverse")[i % 2]
+
+
+def _block_inits(n_layers: int, init: str) -> list[str]:
+    """Each block's ``init``: ``"random"``, or alternating permutations for ``"permutation"``."""
+    if init not in ("random", "permutation"):
+        raise ValueError(f"expected init 'random' or 'permutation', got {init!r}")
+    return [_alternating(i) if init == "permutation" else init for i in range(n_layers)]
+
+
+def _residual_chain(
+    blocks: list[Bijector], input_size: int, bounds: Sequence[Bound] | None, actnorm: bool
+) -> Chain:
+    """The support's layers, a standardizing ActNorm, then the blocks (each followed by an
+    ActNorm if ``actnorm``)."""
+    layers = [*support_layers(bounds, input_size), ActNorm(input_size)]
+    for block in blocks:
+        layers += [block, ActNorm(input_size)] if actnorm else [block]
+    return Chain(*layers)
 
 
 @register("model", example=lambda context_size: PlanarFlow(3, n_layers=2))
@@ -90,7 +114,10 @@ class RadialFlow(Flow):
 
 
 @register(
-    "model", example=lambda context_size: SylvesterNet(n_layers=2, input_size=3, hidden_size=2)
+    "model",
+    example=lambda context_size: SylvesterNet(
+        n_layers=2, input_size=3, hidden_size=2, init="permutation", actnorm=True
+    ),
 )
 class SylvesterNet(Flow):
     r"""Sylvester flow ``z = f(x)``: a standardizing ActNorm, then ``n_layers`` Sylvester blocks.
@@ -98,9 +125,15 @@ class SylvesterNet(Flow):
     ``f = S_K \circ \cdots \circ S_1 \circ A``, each ``S_k`` a :class:`SylvesterBlock`
     :math:`x + Q R_2 \tanh(R_1 Q^\top x + b)` with an exact inverse and its own ``Q``;
     ``q="triangular"`` uses fixed permutations alternating between the identity and the
-    reversal (triangular Sylvester flows). Every block starts as the identity and ``A`` as
-    the identity until ``flow.initialize(x)`` standardizes the data. The base is
-    :math:`N(0, I)`. Under :func:`torch.compile`, ``log_prob`` and its backward trace as one
+    reversal (triangular Sylvester flows). With ``init="permutation"`` the orthogonal ``Q``
+    start at those permutations too, so the flow starts as a triangular one and learns its
+    rotations; with ``actnorm=True`` an :class:`ActNorm` follows every block,
+    ``f = A_K \circ S_K \circ \cdots \circ A_1 \circ S_1 \circ A``. Both matter on
+    images: on the 8x8 digits, 16 blocks of ``M = 64`` reach 2.25 test bits/dim from random
+    rotations with ActNorms, 2.19 from permutations without, 2.10 with both (500 steps,
+    ``examples/sylvester_digits.py``). Every block starts as the identity and every
+    ActNorm as the identity until ``flow.initialize(x)`` standardizes what it receives. The
+    base is :math:`N(0, I)`. Under :func:`torch.compile`, ``log_prob`` and its backward trace as one
     graph; sampling does not: the numerical inverse checks convergence on the host after each
     iteration, so every iteration ends a graph.
 
@@ -118,6 +151,9 @@ class SylvesterNet(Flow):
         bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
             ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
             before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
+        init: start of the orthogonal ``Q``: ``"random"`` rotations drawn from each block's
+            seed, or ``"permutation"``: the identity and the reversal, alternately.
+        actnorm: an :class:`ActNorm` after every block.
 
     References:
         Sylvester Normalizing Flows for Variational Inference (van den Berg et al., 2018,
@@ -142,6 +178,8 @@ class SylvesterNet(Flow):
         tol: float | None = None,
         max_iter: int = 100,
         bounds: Sequence[Bound] | None = None,
+        init: str = "random",
+        actnorm: bool = False,
     ) -> None:
         if q not in ("orthogonal", "householder", "triangular"):
             raise ValueError(f"expected q 'orthogonal', 'householder' or 'triangular', got {q!r}")
@@ -149,21 +187,27 @@ class SylvesterNet(Flow):
             SylvesterBlock(
                 input_size,
                 hidden_size,
-                q=("identity", "reverse")[i % 2] if q == "triangular" else q,
+                q=_alternating(i) if q == "triangular" else q,
                 n_reflections=n_reflections,
                 tol=tol,
                 max_iter=max_iter,
                 seed=i,
+                init=start,
             )
-            for i in range(n_layers)
+            for i, start in enumerate(_block_inits(n_layers, init))
         ]
-        super().__init__(Chain(*support_layers(bounds, input_size), ActNorm(input_size), *blocks))
+        super().__init__(_residual_chain(blocks, input_size, bounds, actnorm))
 
 
 @register(
     "model",
     example=lambda context_size: GeneralizedSylvesterNet(
-        n_layers=2, input_size=3, hidden_sizes=(8,), context_size=context_size
+        n_layers=2,
+        input_size=3,
+        hidden_sizes=(8,),
+        context_size=context_size,
+        init="permutation",
+        actnorm=True,
     ),
     conditional=True,
 )
@@ -172,9 +216,12 @@ class GeneralizedSylvesterNet(Flow):
 
     ``f = G_K \circ \cdots \circ G_1 \circ A``, each ``G_k`` a
     :class:`GeneralizedSylvesterBlock` :math:`x + W^{-1} f_{AR}(W x | c)` with its own
-    invertible ``W`` and MADE, inverted coordinate by coordinate. Every block starts as the
-    identity and ``A`` as the identity until ``flow.initialize(x)`` standardizes the data.
-    The base is :math:`N(0, I)`.
+    invertible ``W`` and MADE, inverted coordinate by coordinate. With
+    ``init="permutation"`` the ``W`` start at the identity and the reversal alternately (a
+    residual MAF in the data's coordinates at the start); with ``actnorm=True`` an
+    :class:`ActNorm` follows every block (see :class:`SylvesterNet`). Every block starts as
+    the identity and every ActNorm as the identity until ``flow.initialize(x)`` standardizes
+    what it receives. The base is :math:`N(0, I)`.
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
 
@@ -188,6 +235,9 @@ class GeneralizedSylvesterNet(Flow):
         bounds: the support, one entry per dimension: ``(low, high)``, ``(low, None)``,
             ``(None, high)`` or ``None`` (see :class:`BoundedSupport`, which then goes first,
             before the ActNorm, and sets the flow's ``domain``); ``None``: the real line.
+        init: start of the ``W``: ``"random"`` rotations drawn from each block's seed, or
+            ``"permutation"``: the identity and the reversal, alternately.
+        actnorm: an :class:`ActNorm` after every block.
 
     References:
         The Convolution Exponential and Generalized Sylvester Flows (Hoogeboom et al., 2020,
@@ -209,11 +259,19 @@ class GeneralizedSylvesterNet(Flow):
         tol: float | None = None,
         max_iter: int = 100,
         bounds: Sequence[Bound] | None = None,
+        init: str = "random",
+        actnorm: bool = False,
     ) -> None:
         blocks = [
             GeneralizedSylvesterBlock(
-                input_size, hidden_sizes, context_size, tol=tol, max_iter=max_iter, seed=i
+                input_size,
+                hidden_sizes,
+                context_size,
+                tol=tol,
+                max_iter=max_iter,
+                seed=i,
+                init=start,
             )
-            for i in range(n_layers)
+            for i, start in enumerate(_block_inits(n_layers, init))
         ]
-        super().__init__(Chain(*support_layers(bounds, input_size), ActNorm(input_size), *blocks))
+        super().__init__(_residual_chain(blocks, input_size, bounds, actnorm))
