@@ -139,6 +139,25 @@ def max_norm(text: str) -> float | None:
     return value
 
 
+def patience_option(text: str) -> int | str | None:
+    """``type=`` of ``--patience``: log intervals >= 1, ``auto`` (10 with a validation split)
+    or ``none`` (train all steps).
+
+    Example:
+        >>> patience_option("5"), patience_option("auto"), patience_option("none")
+        (5, 'auto', None)
+    """
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else word
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, 'auto' or 'none', got {text}"
+        ) from None
+
+
 def nonempty_str(text: str) -> str:
     """``type=`` of names and paths: any text but an empty one.
 

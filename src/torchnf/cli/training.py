@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from torchnf.cli.common import (
     DEFAULT_DEVICE,
     max_norm,
     nonempty_str,
+    patience_option,
     positive_float,
     positive_int,
     resolve_device,
@@ -21,6 +24,7 @@ from torchnf.cli.common import (
 )
 from torchnf.core import registry
 from torchnf.train import distributed
+from torchnf.train.hooks import OverfittingWarning
 from torchnf.train.loop import COMPILE_MODES
 from torchnf.train.run import RunFolder
 
@@ -109,10 +113,11 @@ def add_fit_options(p: argparse.ArgumentParser, loss: str) -> None:
     )
     p.add_argument(
         "--patience",
-        type=positive_int,
-        default=None,
+        type=patience_option,
+        default="auto",
         help=f"stop when the validation {loss} has not improved for this many log intervals, "
-        "and keep the best validation weights (default: train all steps, keep the last)",
+        "and keep the best validation weights ('auto': 10 when fitting data with a validation "
+        "split; 'none': train all steps, keep the last weights)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
@@ -168,10 +173,25 @@ def run_training(
     device = distributed.setup(resolve_device(args.device))
     threads = torch.get_num_threads()
     try:
-        body(args, device)
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = _one_line(f"torchnf {args.command}", warnings.showwarning)
+            body(args, device)
     finally:
         torch.set_num_threads(threads)
         distributed.teardown()
+
+
+def _one_line(prefix: str, show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints an :class:`OverfittingWarning` as one line,
+    ``PREFIX: warning: MESSAGE``, and leaves other warnings to ``show``."""
+
+    def one_line(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+        if issubclass(category, OverfittingWarning):
+            print(f"{prefix}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kw)
+
+    return one_line
 
 
 def run_folder(args: argparse.Namespace, default_name: str, main: bool) -> RunFolder:

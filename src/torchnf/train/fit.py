@@ -29,6 +29,7 @@ from torchnf.train.hooks import (
     Hook,
     LearningRateSchedule,
     MetricsLog,
+    OverfittingCheck,
     ProgressBar,
 )
 from torchnf.train.loop import (
@@ -42,6 +43,9 @@ from torchnf.train.loop import (
 from torchnf.train.objectives import NLL, LogDensity, ReverseKL
 from torchnf.train.run import METRICS, RunFolder
 from torchnf.train.sources import SampleSource, make_source
+
+#: Log intervals without improvement before ``fit`` stops by default (``patience="auto"``).
+AUTO_PATIENCE = 10
 
 
 def fit(
@@ -71,7 +75,7 @@ def fit(
     checkpoint_minutes: float | None = 10.0,
     resume: bool = False,
     overwrite: bool = False,
-    patience: int | None = None,
+    patience: int | Literal["auto"] | None = "auto",
     dequantize: bool | Sequence[int] | None = None,
     initialize: bool = True,
     hooks: Sequence[Hook] = (),
@@ -84,10 +88,13 @@ def fit(
     to an unnormalized ``target`` density by reverse KL (:func:`~torchnf.reverse_kl`).
 
     Adam with gradient-norm clipping, an optional cosine learning-rate decay, a seeded
-    validation split whose NLL is reported at each log interval, optional early stopping, a
-    tqdm progress bar (loss and speed), a JSON-lines metrics log and checkpoints in a run
-    folder (:class:`~torchnf.train.run.RunFolder`: never overwritten silently, resumed only
-    with the same model and data). Before the first step, ``flow.initialize`` runs once on the
+    validation split whose NLL is reported at each log interval, early stopping (on by default
+    with validation data: the best validation weights are kept), an
+    :class:`~torchnf.train.hooks.OverfittingWarning` when the validation NLL rises far above
+    the training NLL (a small data set memorized), a tqdm progress bar (loss and speed), a
+    JSON-lines metrics log and checkpoints in a run folder
+    (:class:`~torchnf.train.run.RunFolder`: never overwritten silently, resumed only with the
+    same model and data). Before the first step, ``flow.initialize`` runs once on the
     first batch (data-dependent initialization, e.g. ActNorm), unless ``initialize=False``,
     the flow is already initialized or the run resumes. Data are checked (shape, dtype,
     finiteness) where they enter and cast to the flow's dtype (a documented cast: float64 data
@@ -149,8 +156,9 @@ def fit(
             dtype and data, or ``ValueError``).
         overwrite: replace the run in the run folder once this one completes.
         patience: stop when the validation loss has not improved for this many log
-            intervals, and restore the best validation weights at the end (``None``: train
-            all steps, keep the last weights).
+            intervals, and restore the best validation weights at the end. ``"auto"``
+            (default): 10 when fitting data with validation data, none otherwise; ``None``:
+            train all steps, keep the last weights.
         dequantize: the data are integer-valued: add fresh uniform noise in ``[0, 1)`` to
             each batch (seeded by the step; the validation points get fixed noise), so the
             flow fits a density whose NLL upper-bounds the discrete NLL (unit bins, see
@@ -256,10 +264,14 @@ def fit(
     parts: list[Hook] = [schedule]
     if anneal_steps is not None:
         parts.append(Annealing(objective, anneal_steps))
+    if patience == "auto":
+        patience = AUTO_PATIENCE if source.has_validation and target is None else None
     if patience is not None:
         parts.append(EarlyStopping(patience, key=f"val_{objective.name}"))
         if not source.has_validation:
             raise ValueError("patience needs validation data: val_fraction > 0 (or val_data)")
+    if objective.name == "nll" and source.has_validation and rank == 0:
+        parts.append(OverfittingCheck(source, math.prod(flow.event_shape), patience is not None))
     parts += [MetricsLog(history, folder, log_path), ProgressBar(progress and rank == 0), *hooks]
     owns_folder = folder is not None and not isinstance(run, RunFolder)
     try:
@@ -396,7 +408,11 @@ def _restore(folder: RunFolder, optimizer: torch.optim.Optimizer, hooks: list[Ho
 
 
 def _check_options(
-    log_every: int, lr: float, weight_decay: float, clip_grad: float | None, patience: int | None
+    log_every: int,
+    lr: float,
+    weight_decay: float,
+    clip_grad: float | None,
+    patience: int | Literal["auto"] | None,
 ) -> None:
     if log_every < 1:
         raise ValueError(f"expected log_every >= 1, got {log_every}")
@@ -406,8 +422,8 @@ def _check_options(
         raise ValueError(f"expected a finite weight_decay >= 0, got {weight_decay}")
     if clip_grad is not None and not clip_grad > 0:
         raise ValueError(f"expected clip_grad > 0 (or None for no clipping), got {clip_grad}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"expected patience >= 1 log intervals, got {patience}")
+    if patience not in (None, "auto") and not (isinstance(patience, int) and patience >= 1):
+        raise ValueError(f"expected patience >= 1 log intervals, 'auto' or None, got {patience!r}")
 
 
 def _total_steps(steps: int | None, epochs: int | None, steps_per_epoch: int) -> int:

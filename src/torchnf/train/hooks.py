@@ -1,4 +1,5 @@
-"""Hooks of the training loop: progress, metrics, checkpoints, learning rate, early stopping.
+"""Hooks of the training loop: progress, metrics, checkpoints, learning rate, early stopping,
+the overfitting warning.
 
 The loop (:func:`torchnf.train.loop.train`) does the steps; everything else is a
 :class:`Hook` it calls at fixed points: ``on_start`` before the first step, ``on_step`` after
@@ -13,16 +14,20 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
 from torchnf.core.flow import Flow
+from torchnf.functional.statistics import robust_center_scale
 from torchnf.train.run import RunFolder
+from torchnf.train.sources import DataSource
 
 
 @dataclass
@@ -301,3 +306,73 @@ class EarlyStopping(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
         self.best_weights = state["best_weights"]
+
+
+class OverfittingWarning(UserWarning):
+    """The validation NLL has risen far above the training NLL: the flow is memorizing its
+    training points (see :class:`OverfittingCheck`)."""
+
+
+class OverfittingCheck(Hook):
+    r"""Warns once (an :class:`OverfittingWarning`) when the validation NLL exceeds the
+    training NLL by a wide margin, at any log interval:
+
+    .. math:: \mathrm{val} - \mathrm{train} > 0.25\, D + 3\, \mathrm{se}(\mathrm{val}),
+
+    ``D`` the number of dimensions of a point and :math:`\mathrm{se}` the standard error of
+    the validation mean from the spread of the bulk of the per-point NLLs (their winsorized
+    standard deviation, :func:`~torchnf.functional.statistics.robust_center_scale`, over
+    :math:`\sqrt{n}`; computed only when the gap exceeds ``0.25 D``): a memorizing flow gives
+    a few held-out points hundreds of nats, which would inflate a plain standard error and
+    hide the very failure this looks for. A flow that fits well has a gap near 0 (the
+    interval's training mean, taken while the weights still improve, is if anything above the
+    validation NLL); one that memorizes a small training set has a gap of nats per dimension
+    (``benchmarks/small_data.py``). The standard error keeps a small validation set's noise
+    from firing it.
+
+    Arguments:
+        source: the data source whose validation batches were scored.
+        event_size: ``D``, the number of values in one point.
+        early_stopping: whether early stopping is on (the message then says that the best
+            validation weights are kept, instead of proposing it).
+    """
+
+    def __init__(self, source: DataSource, event_size: int, early_stopping: bool) -> None:
+        self.source, self.event_size, self.early_stopping = source, event_size, early_stopping
+        self.warned = False
+
+    def on_log(self, state: TrainingState, record: dict[str, float]) -> None:
+        if self.warned or "val_nll" not in record:
+            return
+        gap = record["val_nll"] - record["train_nll"]
+        margin = 0.25 * self.event_size
+        if not gap > margin:
+            return
+        margin += 3 * self._stderr(state.flow)
+        if gap > margin:
+            self.warned = True
+            warnings.warn(
+                f"the validation NLL ({record['val_nll']:.4g}) exceeds the training NLL "
+                f"({record['train_nll']:.4g}) by {gap:.4g} nats at step {state.step} (more "
+                f"than 0.25 D + 3 s.e. = {margin:.4g}): the flow is overfitting its training "
+                + (
+                    "points (early stopping keeps the best validation weights); more data, a "
+                    "smaller model or weight decay would help"
+                    if self.early_stopping
+                    else "points; use early stopping (patience), more data, a smaller model "
+                    "or weight decay"
+                ),
+                OverfittingWarning,
+                stacklevel=2,
+            )
+
+    @torch.no_grad()
+    def _stderr(self, flow: Flow) -> float:
+        """The standard error of the mean validation NLL, from the bulk's spread."""
+        training = flow.training
+        flow.eval()
+        nll = torch.cat([-flow.log_prob(b.x, b.context).double() for b in self.source.validation()])
+        flow.train(training)
+        if len(nll) < 2:
+            return math.inf
+        return float(robust_center_scale(nll[:, None])[1][0]) / math.sqrt(len(nll))
