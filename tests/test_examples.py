@@ -26,6 +26,7 @@ RUNS = {
     "mixture_2d": {"steps": 3},
     "triangular_chains": {"epochs": 1},
     "moons_realnvp": {"steps": (3, 3)},
+    "iresnet": {"steps": 3},
     "torus": {"steps": 3},
 }
 

@@ -29,9 +29,10 @@ class ResidualFlow(Flow):
     :math:`x + g_k(x | c)` with :math:`\mathrm{Lip}_x(g_k) \le` ``lipschitz``. Density
     evaluation is one pass per block (plus the log-det: exact up to 16 features, the
     Russian-roulette estimate in training mode beyond); sampling inverts each block by
-    fixed-point iteration, tens of passes per block. Every block is a free-form map (no
-    coupling or ordering), but a contraction can move a point by at most a fixed fraction of
-    its displacement, so many blocks are needed for strongly non-Gaussian data. The base is
+    fixed-point iteration, one MLP pass per iteration. Every block is a free-form map (no
+    coupling or ordering), but bi-Lipschitz with constants ``1 - c`` and ``1 + c``, so ``K``
+    blocks stretch or compress space by at most :math:`(1 + c)^K` and :math:`(1 - c)^K`
+    (with the ActNorms in between): strongly non-Gaussian data needs many blocks. The base is
     :math:`N(0, I)`.
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
