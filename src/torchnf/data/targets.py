@@ -4,8 +4,9 @@ Every target is a seeded sampler ``target.sample(n, seed) -> (n, dim)`` (float32
 those whose density is known in closed form also have an exact ``log_prob(x) -> (*batch,)``
 and ``has_log_prob = True`` (the KL benchmark needs it). All built-in targets have one.
 Targets are looked up by name in :data:`TARGETS` through :func:`get_target`; the built-in
-ones live in :mod:`torchnf.data.toy` (the 1-D and 2-D sets) and
-:mod:`torchnf.data.densities` (higher-dimensional, heavy-tailed and curved densities).
+ones live in :mod:`torchnf.data.toy` (the 1-D and 2-D sets),
+:mod:`torchnf.data.densities` (higher-dimensional, heavy-tailed and curved densities) and
+:mod:`torchnf.data.torus` (angles: ``torus`` and ``cylinder``).
 
 Densities are computed in float64 and returned in the input's dtype; they are
 differentiable in ``x``.
