@@ -72,3 +72,12 @@ def test_the_mixed_tabular_example_runs(tmp_path: Path) -> None:
     bounds = [float(line.split("ELBO bound ")[1].split()[0]) for line in lines[1:3]]
     assert all(bound > exact for bound in bounds)  # a bound never beats the exact NLL
     assert out.stat().st_size > 10_000
+
+
+def test_the_sylvester_digits_example_runs(tmp_path: Path) -> None:
+    results = _load("sylvester_digits").main(steps=2, n_layers=1, out_dir=tmp_path)
+    assert list(results) == ["SylvesterNet", "GeneralizedSylvesterNet"]
+    for name, (bits, error) in results.items():
+        assert 1 < bits < 8 and error < 1e-9  # bits/dim on the 17-value scale; exact inverse
+        for figure in ("inversion", "generation"):
+            assert (tmp_path / f"{name.lower()}_digits_{figure}.png").stat().st_size > 10_000
