@@ -235,3 +235,11 @@ def test_target_samples_satisfy_the_periodic_stein_identity(name) -> None:
     expected = torch.cat([torch.zeros(2), -torch.diag_embed(df).flatten(1).mean(0)], -1)
     mean, stderr = terms.mean(0), terms.std(0) / math.sqrt(len(x))
     assert ((mean - expected).abs() < 5 * stderr + 1e-9).all()
+
+
+def test_vi_command_takes_the_angle_columns_of_the_target(tmp_path) -> None:
+    argv = ["vi", "--target", "cylinder", "--model", "CircularNSF", "--steps", "2"]
+    argv += ["--n-layers", "2", "--hidden-sizes", "8", "--no-plots", "--quiet"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / "vi-cylinder-circularnsf" / "config.json").read_text())
+    assert config["config"]["circular"] == [0]

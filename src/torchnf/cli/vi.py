@@ -100,7 +100,8 @@ def _vi(args: argparse.Namespace, device: torch.device) -> None:
     torch.manual_seed(args.seed)
     if args.threads is not None or dim <= 100:
         torch.set_num_threads(args.threads or 1)
-    flow = build_model(model_name, torch.Size([dim]), args)
+    known = getattr(getattr(target, "target", None), "circular", None)  # a built-in's angles
+    flow = build_model(model_name, torch.Size([dim]), args, circular=known)
     name = args.target.rpartition(":")[2] if ":" in args.target else args.target
     main_rank = distributed.rank() == 0
     folder = run_folder(args, f"vi-{name}-{model_name}".lower(), main_rank)
