@@ -1,5 +1,6 @@
 """Test bits/dim on the 8x8 digits: image flows (Glow, RealNVP2d) and dense flows on
-flattened images (NSF, MAF, SylvesterNet), against the per-pixel independent baseline.
+flattened images (NSF, MAF, SylvesterNet, GeneralizedSylvesterNet), against the per-pixel
+independent baseline.
 
 Every model is an :class:`~torchnf.models.ImageFlow` (logit preprocessing, then the model)
 trained with :func:`torchnf.fit` on 8 uniformly dequantized copies of the 1437 training
@@ -30,6 +31,20 @@ MODELS = {
     "NSF": {"n_layers": 4, "hidden_sizes": [128, 128]},
     "MAF": {"n_layers": 4, "hidden_sizes": [128, 128]},
     "SylvesterNet": {"n_layers": 8, "hidden_size": 64},
+    # the models of examples/sylvester_digits.py (seed 000); "model" names the registered one
+    "SylvesterNet-32": {
+        "model": "SylvesterNet",
+        "n_layers": 32,
+        "hidden_size": 64,
+        "init": "permutation",
+        "actnorm": True,
+    },
+    "GeneralizedSylvesterNet": {
+        "n_layers": 8,
+        "hidden_sizes": [128, 128],
+        "init": "permutation",
+        "actnorm": True,
+    },
 }
 
 
@@ -46,7 +61,8 @@ def main() -> None:
     rows = [("independent pixels (exact, Laplace-smoothed counts)", "-", baseline, 0.0)]
     for name in args.models:
         torch.manual_seed(0)
-        flow = ImageFlow((1, 8, 8), name, MODELS[name], DIGITS_N_VALUES)
+        config = dict(MODELS[name])
+        flow = ImageFlow((1, 8, 8), config.pop("model", name), config, DIGITS_N_VALUES)
         tic = time.perf_counter()
         fit(
             flow, data, steps=args.steps, batch_size=128, lr=2e-3, val_fraction=0.05, progress=False
