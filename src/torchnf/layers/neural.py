@@ -67,11 +67,16 @@ class MonotoneTransformer(Transformer):
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         prepared = self._prepare(params)
+        if torch.compiler.is_exporting():
+            # The exported solver is a while_loop, whose inputs must not alias one another
+            # (views of one params tensor do).
+            prepared = tuple(p.clone() for p in prepared)
 
         def fn(x: Tensor) -> tuple[Tensor, Tensor]:
             value, log_slope = self._evaluate(x, prepared)
             return value, log_slope.exp()
 
+        y = y.contiguous()  # a strided column (autoregressive inverse) breaks the while_loop
         lower, upper = self._bracket(y, prepared)
         x = solve_increasing(fn, y, lower, upper, self.tol, self.max_iter)
         return x, -self._evaluate(x, prepared)[1]
