@@ -29,11 +29,13 @@ class ResidualFlow(Flow):
     :math:`x + g_k(x | c)` with :math:`\mathrm{Lip}_x(g_k) \le` ``lipschitz``. Density
     evaluation is one pass per block (plus the log-det: exact up to 16 features, the
     Russian-roulette estimate in training mode beyond); sampling inverts each block by
-    fixed-point iteration, one MLP pass per iteration. Every block is a free-form map (no
-    coupling or ordering), but bi-Lipschitz with constants ``1 - c`` and ``1 + c``, so ``K``
-    blocks stretch or compress space by at most :math:`(1 + c)^K` and :math:`(1 - c)^K`
-    (with the ActNorms in between): strongly non-Gaussian data needs many blocks. The base is
-    :math:`N(0, I)`.
+    fixed-point iteration, one MLP pass per iteration (on ``moons`` after 300 steps, 8-11
+    iterations per block in float32, 19-26 in float64: the local rate is well below ``c``;
+    sampling 10000 points took 3.5 times as long as their ``log_prob``). Every block is a
+    free-form map (no coupling or ordering), but bi-Lipschitz with constants ``1 - c`` and
+    ``1 + c``, so ``K`` blocks stretch or compress space by at most :math:`(1 + c)^K` and
+    :math:`(1 - c)^K` (with the ActNorms in between): strongly non-Gaussian data needs many
+    blocks. The base is :math:`N(0, I)`.
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
 
