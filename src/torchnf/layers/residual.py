@@ -367,7 +367,7 @@ class SylvesterBlock(Bijector):
     start (``init="identity"`` or ``"reverse"``, orthogonal form) begins as a triangular
     block in the data's own coordinates and learns its rotation from there. On the 8x8
     digits, 16 blocks reach 2.10 test bits/dim from a permutation start and 2.25 from a
-    random one (``examples/sylvester_digits.py``).
+    random one (``benchmarks/RESULTS.md``).
 
     Amortized (``context_size > 0``), as in the paper's experiments: ``R_1``, ``R_2``
     (their upper triangles), ``b`` and the raw parameters of ``Q`` (the orthogonal map's
