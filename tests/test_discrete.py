@@ -217,3 +217,17 @@ def test_train_refuses_bad_columns_in_one_line(tmp_path, capsys, options, messag
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_an_image_run_with_variational_dequantization(tmp_path, capsys):
+    argv = ["train", "--data", "digits", "--out", str(tmp_path), "--name", "run", *SMALL]
+    argv += ["--model", "RealNVP2d", "--n-levels", "1", "--hidden-channels", "4"]
+    assert cli.main([*argv, "--dequantizer", "variational", "--discrete-columns", "0"]) == 1
+    assert "images take --dequantizer alone" in capsys.readouterr().err
+    assert cli.main([*argv, "--dequantizer", "variational"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--data", "digits"]) == 0
+    assert "bits/dim over the 360 test images" in capsys.readouterr().out
+    grid = tmp_path / "grid.png"
+    assert cli.main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(grid)]) == 0
+    assert grid.stat().st_size > 0

@@ -21,6 +21,7 @@ from torchnf.cli.common import (
     resolve_device,
     seed_int,
 )
+from torchnf.core import registry
 from torchnf.core.flow import Flow
 from torchnf.data.images import save_image_grid
 from torchnf.data.loaders import SUFFIXES, load_array, save_array
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"{output}: expected a .npy, .csv or .png output file")
     flow = load(args.run, device=resolve_device(args.device))
     context = _context(args, flow)
-    if grid and not isinstance(flow, ImageFlow):
+    n_values = _n_values(flow)
+    if grid and n_values is None:
         raise ValueError(f"{output}: a .png image grid needs an image run (--data digits, ...)")
     torch.manual_seed(args.seed)
     if context is None:
@@ -94,13 +96,23 @@ def run(args: argparse.Namespace) -> None:
         chunks = _conditional_samples(flow, context.to(tensor.device, tensor.dtype), args)
     output.parent.mkdir(parents=True, exist_ok=True)
     if grid:
-        save_image_grid(torch.cat(chunks).cpu(), output, flow.config["n_values"])
+        save_image_grid(torch.cat(chunks).cpu(), output, n_values)
     elif isinstance(flow, Dequantized):  # raw rows: integer and categorical columns decoded
         save_array(flow.decode(torch.cat(chunks)).cpu(), output)
     else:
         save_array(torch.cat(chunks).cpu(), output)
     per_row = "" if context is None else f" for each of {len(context)} context rows"
     print(f"wrote {args.n_samples} samples{per_row} to {output}")
+
+
+def _n_values(flow: Flow) -> int | None:
+    """The pixel values of an image run's flow (an :class:`ImageFlow`, or one inside a
+    :class:`Dequantized`), else ``None``."""
+    if isinstance(flow, ImageFlow):
+        return flow.config["n_values"]
+    if isinstance(flow, Dequantized) and registry.get(flow.config["model"]).cls is ImageFlow:
+        return flow.config["model_config"]["n_values"]
+    return None
 
 
 def _context(args: argparse.Namespace, flow: Flow) -> Tensor | None:

@@ -177,7 +177,10 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
             raise ValueError("--dequantize is for integer-valued points; images always are")
         pixels, n_values = images
         copies = max(1, math.ceil(args.n_points / len(pixels)))
-        data = dequantize(pixels, torch.Generator().manual_seed(args.seed), copies)
+        if discrete:  # integer pixels: fit adds fresh noise each step (a Dequantized model)
+            data = pixels
+        else:
+            data = dequantize(pixels, torch.Generator().manual_seed(args.seed), copies)
     elif Path(data_name).suffix.lower() == ".npy" and not discrete:
         data, n_values = open_npy(data_name), None  # memory-mapped, read batch by batch
     else:
@@ -198,7 +201,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
         torch.set_num_threads(args.threads or 1)
     known = TARGETS[data_name].circular if data_name in TARGETS else None
     if discrete:
-        flow = dequantized_model(model_name, data, args, images is not None)
+        flow = dequantized_model(model_name, data, args, n_values)
         data = flow.encode(data)
     else:
         flow = build_model(model_name, torch.Size(data.shape[1:]), args, n_values, known)
@@ -259,13 +262,21 @@ def _train(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def dequantized_model(
-    model_name: str, data: Tensor, args: argparse.Namespace, images: bool
+    model_name: str, data: Tensor, args: argparse.Namespace, n_values: int | None
 ) -> Dequantized:
     """``model_name`` inside a :class:`~torchnf.models.Dequantized` for the columns that
     ``--discrete-columns`` and ``--categorical-columns`` name (all with ``--dequantize``),
     after checking them (in range, distinct, integer-valued); ``K`` of a categorical column
-    is its largest code plus one."""
-    if images or data.dim() != 2:
+    is its largest code plus one. Images of ``n_values`` pixel values (``--dequantizer``
+    alone) get the model's :class:`~torchnf.models.ImageFlow` inside, every pixel discrete."""
+    if n_values is not None:
+        if args.discrete_columns or args.categorical_columns:
+            raise ValueError("images take --dequantizer alone: every pixel is discrete")
+        inner = build_model(model_name, torch.Size(data.shape[1:]), args, n_values)
+        config = {k: v for k, v in inner.config.items() if k != "input_shape"}
+        shape = list(data.shape[1:])
+        return Dequantized(shape, "ImageFlow", config, dequantizer=args.dequantizer)
+    if data.dim() != 2:
         raise ValueError("--discrete-columns, --categorical-columns and --dequantizer are for rows")
     for option in ("--context", "--bounds", "--circular"):
         value = getattr(args, option[2:])
