@@ -130,8 +130,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--dequantizer",
         choices=DEQUANTIZERS,
         default=None,
-        help="how discrete columns are dequantized: uniform noise, or variational (a "
-        "conditional spline flow q(u | x) trained jointly, a tighter bound) (default: uniform)",
+        help="how discrete columns (every pixel of image data) are dequantized: uniform noise, "
+        "or variational (a conditional spline flow q(u | x) trained jointly, a tighter bound) "
+        "(default: uniform)",
     )
     p.add_argument(
         "--bounds",
