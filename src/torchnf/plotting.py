@@ -253,7 +253,7 @@ def plot_image_inversion(
     limit = float(z.abs().max())
     for r, (label, images) in enumerate(rows):
         for i, ax in enumerate(axes[r]):
-            image = images[i, 0].cpu()
+            image = images[i, 0].cpu().numpy()
             if r == 1:
                 ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
             else:
