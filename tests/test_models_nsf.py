@@ -1,4 +1,4 @@
-"""NSF's options: the conditioners' activation."""
+"""NSF's options: the conditioners' activation (GELU by default)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def test_activation_reaches_every_conditioner_and_the_config(autoregressive: boo
     rebuilt.load_state_dict(flow.state_dict())
     x = torch.randn(5, 3)
     torch.testing.assert_close(rebuilt.log_prob(x), flow.log_prob(x))
+
+
+@pytest.mark.parametrize("autoregressive", AUTOREGRESSIVE)
+def test_default_activation_is_gelu(autoregressive: bool) -> None:
+    flow = NSF(3, n_layers=2, hidden_sizes=(8,), autoregressive=autoregressive)
+    kinds = {type(m) for m in flow.modules()}
+    assert nn.GELU in kinds and nn.ReLU not in kinds
+    assert flow.config["activation"] == "gelu"
 
 
 @pytest.mark.parametrize("autoregressive", AUTOREGRESSIVE)

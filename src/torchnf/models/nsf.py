@@ -39,9 +39,13 @@ class NSF(Flow):
     brings each conditional's bulk into the spline's interval, whatever its location and
     scale, and gives the tails lines of learned slope, so heavy tails and funnels, which
     splines with identity tails fit badly, are fitted about as well as by MAF. The defaults
-    (6 bins, ``tail_bound=5``) were chosen by the KL on the built-in targets (README, "How
-    good is it"): 8 bins overfit higher-dimensional, nearly Gaussian data (``gaussian16``,
-    ``student8``) more in the same number of steps, 4 fit well-separated modes worse.
+    (6 bins, ``tail_bound=5``, GELU conditioners) were chosen by the KL on the built-in
+    targets (README, "How good is it"): 8 bins overfit higher-dimensional, nearly Gaussian
+    data (``gaussian16``, ``student8``) more in the same number of steps, 4 fit
+    well-separated modes worse; with ReLU conditioners, whose spline parameters are piecewise
+    linear in :math:`x_{<i}`, the KL on ``gaussian16`` was 0.113 instead of 0.064 and on
+    ``student8`` 0.049 instead of 0.040 (on ``checkerboard`` 0.126 instead of 0.187; tanh,
+    SiLU and ELU were worse than GELU on the banana, the funnel or the checkerboard).
 
     Shapes: ``x`` is ``(*batch, input_size)``, ``context`` is ``(*batch, context_size)``.
 
@@ -58,7 +62,7 @@ class NSF(Flow):
             of Durkan et al. (identity beyond ``tail_bound``).
         activation: the conditioners' hidden activation, a key of
             :data:`~torchnf.nets.mlp.ACTIVATIONS` (``"relu"``, ``"tanh"``, ``"leaky_relu"``,
-            ``"elu"``, ``"gelu"``, ``"silu"``).
+            ``"elu"``, ``"gelu"`` (default), ``"silu"``).
         embedding: the JSON spec of an embedding net for the context (see
             :func:`~torchnf.nets.embedding.build_embedding`), recorded in ``config``.
         bounds: the support, one entry per dimension (see
@@ -88,7 +92,7 @@ class NSF(Flow):
         autoregressive: bool = True,
         context_size: int = 0,
         affine: bool = True,
-        activation: str = "relu",
+        activation: str = "gelu",
         embedding: dict | None = None,
         bounds: Sequence[Bound] | None = None,
     ) -> None:
