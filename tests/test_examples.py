@@ -25,6 +25,7 @@ RUNS = {
     "mixture_1d": {"steps": 3},
     "mixture_2d": {"steps": 3},
     "triangular_chains": {"epochs": 1},
+    "colour_palette": {"epochs": 1, "steps": 3},
     "moons_realnvp": {"steps": (3, 3)},
     "iresnet": {"steps": 3},
     "torus": {"steps": 3},
