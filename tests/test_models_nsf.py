@@ -36,3 +36,13 @@ def test_default_activation_is_gelu(autoregressive: bool) -> None:
 def test_unknown_activation_is_refused(autoregressive: bool) -> None:
     with pytest.raises(ValueError, match="expected activation in .*'swish'"):
         NSF(3, hidden_sizes=(8,), autoregressive=autoregressive, activation="swish")
+
+
+def test_a_config_recorded_before_activation_existed_rebuilds_with_relu() -> None:
+    flow = NSF(3, n_layers=2, hidden_sizes=(8,), activation="relu")
+    old_config = {k: v for k, v in flow.config.items() if k != "activation"}
+    rebuilt = registry.build("NSF", old_config)
+    assert rebuilt.config["activation"] == "relu"
+    rebuilt.load_state_dict(flow.state_dict())
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(rebuilt.log_prob(x), flow.log_prob(x))

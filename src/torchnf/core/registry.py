@@ -105,6 +105,12 @@ def get(name: str) -> Entry:
 
 
 def build(name: str, config: dict[str, Any]) -> Bijector:
-    """Rebuild a registered model from its recorded ``config``."""
+    """Rebuild a registered model from its recorded ``config``.
+
+    An argument added to a model after a config was recorded takes the value the model had
+    before it existed, from the class's ``legacy_defaults`` (not its current default, which
+    may differ: NSF's ``activation`` became ``"gelu"``; older configs were trained with ReLU).
+    """
     entry = get(name)
-    return entry.cls(**config)
+    legacy = getattr(entry.cls, "legacy_defaults", {})
+    return entry.cls(**{**{k: v for k, v in legacy.items() if k not in config}, **config})

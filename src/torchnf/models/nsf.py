@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from torchnf.core.bijector import Bijector
 from torchnf.core.chain import Chain
@@ -81,6 +82,11 @@ class NSF(Flow):
         >>> bool(flow.log_prob(x).isfinite().all()), flow.sample(4).shape
         (True, torch.Size([4, 2]))
     """
+
+    #: Arguments a config recorded before they existed was built with (see
+    #: :func:`~torchnf.core.registry.build`): NSF's conditioners used ReLU until
+    #: ``activation`` was added with the default GELU.
+    legacy_defaults: ClassVar[dict[str, Any]] = {"activation": "relu"}
 
     def __init__(
         self,
