@@ -167,7 +167,8 @@ def spline(args) -> None:
         for dim in (16, 64):
             torch.manual_seed(0)
             step = training_step(
-                NSF(dim, 5, (64, 64), n_bins=8), torch.randn(4096, dim, generator=g)
+                NSF(dim, 5, (64, 64), n_bins=8, activation="relu"),
+                torch.randn(4096, dim, generator=g),
             )
             variants = {
                 "autograd": switched(plain, step),

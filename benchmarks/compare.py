@@ -96,7 +96,9 @@ def build_torchnf(kind: str, dim: int, s: Sizes, models: ModuleType | None = Non
     elif kind == "MAF":
         flow = models.MAF(dim, n_layers=s.n_layers, hidden_sizes=s.hidden)
     else:
-        flow = models.NSF(dim, s.n_layers, s.hidden, n_bins=s.n_bins, tail_bound=s.tail_bound)
+        flow = models.NSF(
+            dim, s.n_layers, s.hidden, n_bins=s.n_bins, tail_bound=s.tail_bound, activation="relu"
+        )
     return Model(flow, flow.log_prob, flow.sample, prepare=lambda x: flow.initialize(x))
 
 

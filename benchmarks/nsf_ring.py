@@ -24,7 +24,15 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     target = get_target("ring")
-    flow = NSF(2, n_layers=4, hidden_sizes=(64, 64), autoregressive=False, n_bins=8, affine=False)
+    flow = NSF(
+        2,
+        n_layers=4,
+        hidden_sizes=(64, 64),
+        autoregressive=False,
+        n_bins=8,
+        affine=False,
+        activation="relu",
+    )
     tic = time.perf_counter()
     fit(flow, target.sample(20000, seed=0), steps=2000, batch_size=256, lr=2e-3, progress=False)
     seconds = time.perf_counter() - tic

@@ -55,7 +55,9 @@ def main() -> None:
     theta, x = simulate(args.simulations, g)
     torch.manual_seed(args.seed)
     embedding = {"name": "DeepSets", "input_size": 1, "output_size": 16, "n_trials": MAX_TRIALS}
-    flow = NSF(2, n_layers=4, hidden_sizes=(64, 64), bounds=BOUNDS, embedding=embedding)
+    flow = NSF(
+        2, n_layers=4, hidden_sizes=(64, 64), bounds=BOUNDS, embedding=embedding, activation="relu"
+    )
     history = torchnf.fit(flow, theta, x, steps=args.steps, lr=2e-3, seed=args.seed)
     print(f"validation NLL of theta given x: {history['val_nll'][-1]:.3f} nats")
 

@@ -72,7 +72,7 @@ def main() -> None:
         flow = Dequantized(
             3,
             "NSF",
-            {"n_layers": 4, "hidden_sizes": [64, 64]},
+            {"n_layers": 4, "hidden_sizes": [64, 64], "activation": "relu"},
             discrete_columns=[1],
             categorical_columns=[2],
             n_categories=[5],

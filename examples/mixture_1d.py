@@ -32,7 +32,15 @@ TARGET = GaussianMixtureTarget("two Gaussians", [[-2.0], [2.0]], [1.0, 1.0], [0.
 def train(seed: int, steps: int = 500) -> tuple[Flow, torch.Tensor]:
     torch.manual_seed(seed)
     data = TARGET.sample(512, seed=seed).float()
-    flow = NSF(1, n_layers=2, hidden_sizes=(8, 8), n_bins=5, tail_bound=3.0, affine=False)
+    flow = NSF(
+        1,
+        n_layers=2,
+        hidden_sizes=(8, 8),
+        n_bins=5,
+        tail_bound=3.0,
+        affine=False,
+        activation="relu",
+    )
     fit(
         flow,
         data,

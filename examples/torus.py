@@ -32,7 +32,7 @@ OUT = Path(__file__).parent / "figures" / "torus.png"
 TARGET = get_target("torus")
 MODELS: dict[str, Callable[[], Flow]] = {
     "CircularNSF": lambda: CircularNSF(2, n_layers=4, hidden_sizes=(32, 32), n_bins=8),
-    "NSF": lambda: NSF(2, n_layers=4, hidden_sizes=(32, 32), n_bins=8),
+    "NSF": lambda: NSF(2, n_layers=4, hidden_sizes=(32, 32), n_bins=8, activation="relu"),
 }
 
 

@@ -44,7 +44,13 @@ MODELS = {
     ),
     "IAF (5 layers)": lambda: IAF(2, n_layers=5, hidden_sizes=(64, 64)),
     "NSF coupling (5 layers)": lambda: NSF(
-        2, n_layers=5, hidden_sizes=(64, 64), autoregressive=False, n_bins=8, affine=False
+        2,
+        n_layers=5,
+        hidden_sizes=(64, 64),
+        autoregressive=False,
+        n_bins=8,
+        affine=False,
+        activation="relu",
     ),
 }
 
