@@ -28,7 +28,7 @@ from torchnf.train import fit
 MODELS = {
     "Glow": {"n_levels": 2, "n_steps": 3, "hidden_channels": 32},
     "RealNVP2d": {"n_levels": 2, "hidden_channels": 32},
-    "NSF": {"n_layers": 4, "hidden_sizes": [128, 128]},
+    "NSF": {"n_layers": 4, "hidden_sizes": [128, 128], "activation": "relu"},
     "MAF": {"n_layers": 4, "hidden_sizes": [128, 128]},
     "SylvesterNet": {"n_layers": 8, "hidden_size": 64},
     # the models of examples/sylvester_digits.py (seed 000); "model" names the registered one

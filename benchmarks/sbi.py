@@ -148,6 +148,7 @@ def builder(method: str, task: Task, n_layers: int, hidden: int, n_bins: int):
     options = dict(n_layers=n_layers, hidden_sizes=(hidden, hidden))
     if model == "NSF":
         options["n_bins"] = n_bins
+        options["activation"] = "relu"  # sbi's nets use ReLU (and the README rows were measured so)
     if task.bounds is not None:
         options["bounds"] = task.bounds
     return density_estimator(model, **options)
