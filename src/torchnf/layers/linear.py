@@ -181,7 +181,7 @@ class QRLinear(_MatrixLinear):
 
 @register("layer", example=lambda context_size: Householder(4, n_reflections=3))
 class Householder(Bijector):
-    r"""Orthogonal layer ``y = f(x) = H_1 H_2 \cdots H_K x``, a product of reflections.
+    r"""Orthogonal layer :math:`y = f(x) = H_1 H_2 \cdots H_K x`, a product of reflections.
 
     :math:`H_k = I - 2 v_k v_k^\top / \|v_k\|^2`; volume preserving (``log_det = 0``), and
     each reflection is its own inverse. Shapes: ``x``, ``y`` are ``(*batch, D)``.

@@ -42,7 +42,7 @@ class MonotoneTransformer(Transformer):
     result is differentiable (implicit derivative at the solution).
 
     Arguments:
-        tol: relative tolerance of the inverse, ``None`` for the dtype's default.
+        tol: relative tolerance of the inverse, ``None:math:` for the dtype's default.
         max_iter: iteration limit of the inverse.
     """
 
@@ -93,8 +93,8 @@ class DSFTransformer(MonotoneTransformer):
         a_j = a_{\min} + \mathrm{softplus}(\tilde a_j + c), \quad b_j = \tilde b_j + \beta_j,
         \quad w = \mathrm{softmax}(\tilde w),
 
-    from ``params[..., :]`` ``= (\tilde a, \tilde b, \tilde w)`` (``params_per_feature =
-    3K``). ``c`` makes ``a_j = 1`` at ``\tilde a = 0``, and the fixed offsets
+    from `params[..., :]`` :math:`= (\tilde a, \tilde b, \tilde w)` (``params_per_feature =
+    3K``). ``c`` makes ``a_j = 1`` at :math:`\tilde a = 0`, and the fixed offsets
     :math:`\beta_j`, evenly spaced in ``[-1, 1]``, make the components differ, so a
     zero-initialized conditioner starts at a well-conditioned map close to the identity (odd,
     ``y(0) = 0``, slope in ``[0.79, 1]``, ``[0.9, 1]`` for ``K = 8``, and ``y = x \mp c``
@@ -191,7 +191,7 @@ class UMNNTransformer(MonotoneTransformer):
         \log g(t; h) = b \tanh\big((s + r(\bar t, h)) / b\big), \quad
         \bar t = \mathrm{clamp}(t, -B, B),
 
-    with ``params[..., :] = (\beta, s, h)`` from the conditioner (``params_per_feature =
+    with :math:`params[..., :] = (\beta, s, h)` from the conditioner (``params_per_feature =
     2 + embedding_size``: an offset, a log-scale and the per-feature embedding ``h``) and
     ``r`` a small tanh MLP on :math:`(\bar t, h)` whose weights belong to the transformer
     and are shared by all features (as in the paper). Its last layer starts at zero, so

@@ -195,7 +195,7 @@ class Planar(Bijector):
     conditional=True,
 )
 class Radial(Bijector):
-    r"""Radial flow ``y = f(x | c) = x + \frac{\beta}{\alpha + r}(x - x_0)``, ``r = |x - x_0|``.
+    r"""Radial flow :math:`y = f(x | c) = x + \frac{\beta}{\alpha + r}(x - x_0)`, ``r = |x - x_0|``.
 
     :math:`\alpha = \mathrm{softplus}(\cdot) > 0` and :math:`\beta = -\alpha +
     \mathrm{softplus}(\cdot) > -\alpha` keep ``f`` invertible. :math:`\log|\det| =

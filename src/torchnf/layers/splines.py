@@ -18,7 +18,7 @@ from torchnf.nets.made import MADE
 
 class RQSTransformer(Transformer):
     r"""Conditional affine map, then a monotone rational-quadratic spline on ``[-B, B]``:
-    ``y_i = f(x_i; \theta_i) = \mathrm{RQS}(u_i)`` with ``u_i = (x_i + t_i) e^{s_i}``.
+    :math:`y_i = f(x_i; \theta_i) = \mathrm{RQS}(u_i)` with ``u_i = (x_i + t_i) e^{s_i}``.
 
     ``params[..., i, :]`` holds ``n_bins`` unnormalized widths, ``n_bins`` unnormalized
     heights and ``n_bins - 1`` unconstrained interior derivatives, turned into knots by

@@ -23,7 +23,7 @@ class CircularNSF(Flow):
     r"""Neural spline flow on :math:`T^k \times \mathbb{R}^{D-k}`, ``z = f(x | c)``: angle
     columns through circular splines, real columns through NSF's splines.
 
-    ``f = S_L \circ \cdots \circ S_1 \circ A``: ``A`` a :class:`CircularActNorm` that
+    :math:`f = S_L \circ \cdots \circ S_1 \circ A`: ``A`` a :class:`CircularActNorm` that
     ``flow.initialize(x)`` (called by ``fit``) sets to standardize the real columns, the
     identity on the angles (absent when every column is an angle); each ``S_l`` a
     :class:`CircularSplineCoupling` whose alternating mask keeps the even features, then the

@@ -23,7 +23,7 @@ from torchnf.nets.embedding import embedding_context
 class ResidualFlow(Flow):
     r"""Residual flow ``z = f(x | c)``: ``n_layers`` pairs of ActNorm and invertible residual block.
 
-    ``f = B_K \circ A_K \circ \cdots \circ B_1 \circ A_1``: each ``A_k`` an :class:`ActNorm`
+    :math:`f = B_K \circ A_K \circ \cdots \circ B_1 \circ A_1`: each ``A_k`` an :class:`ActNorm`
     that ``flow.initialize(x)`` (called by ``fit`` on the first batch) sets to standardize
     what it receives (as in i-ResNet), each ``B_k`` an :class:`InvertibleResidualBlock`
     :math:`x + g_k(x | c)` with :math:`\mathrm{Lip}_x(g_k) \le` ``lipschitz``. Density

@@ -59,7 +59,7 @@ def autoregressive_chain(layers: list[Bijector], bounds: Sequence[Bound] | None 
 class MAF(Flow):
     r"""Masked autoregressive flow ``z = f(x | c)``: ActNorm, then affine MADE layers.
 
-    ``f = M_K \circ R \circ \cdots \circ R \circ M_1 \circ A``: ``A`` an :class:`ActNorm` that
+    :math:`f = M_K \circ R \circ \cdots \circ R \circ M_1 \circ A`: ``A`` an :class:`ActNorm` that
     ``flow.initialize(x)`` (called by ``fit`` on the first batch) sets to standardize the data,
     so raw data of any location and scale works with default arguments; ``M_k`` are
     :class:`MaskedAffineAutoregressive` layers, ``R`` reverses the feature order (folded into

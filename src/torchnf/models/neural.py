@@ -81,7 +81,7 @@ def transformer_chain(
 class NAF(Flow):
     r"""Neural autoregressive flow ``z = f(x | c)``: ActNorm, then deep sigmoidal flow layers.
 
-    ``f = T_K \circ \cdots \circ T_1 \circ A``: ``A`` an :class:`~torchnf.layers.ActNorm`
+    :math:`f = T_K \circ \cdots \circ T_1 \circ A`: ``A`` an :class:`~torchnf.layers.ActNorm`
     initialized by ``flow.initialize(x)`` (``fit`` calls it), each ``T_k`` a
     ``MaskedAutoregressive`` layer (features reversed between layers) or, with
     ``autoregressive=False``, a ``Coupling`` layer, whose transformer is the
@@ -163,10 +163,10 @@ class UMNN(Flow):
     r"""Unconstrained monotonic neural network flow ``z = f(x | c)``: ActNorm, then integral
     transformers.
 
-    ``f = T_K \circ \cdots \circ T_1 \circ A`` as in :class:`NAF`, with the
+    :math:`f = T_K \circ \cdots \circ T_1 \circ A` as in :class:`NAF`, with the
     :class:`~torchnf.layers.UMNNTransformer`
-    :math:`z_i = \beta_i + \int_0^{x_i} g(t; h_i)\, dt`, ``(\beta_i, s_i, h_i) =
-    g_i(x_{<i}, c)``, where the positive integrand ``g`` is a small MLP (one per layer,
+    :math:`z_i = \beta_i + \int_0^{x_i} g(t; h_i)\, dt`, :math:`(\beta_i, s_i, h_i) =
+    g_i(x_{<i}, c)`, where the positive integrand ``g`` is a small MLP (one per layer,
     shared by all features) and the integral a Gauss–Legendre rule with ``n_nodes`` nodes;
     the log-determinant is :math:`\sum_i \log g(x_i; h_i)`, exact for the exact integral
     (the quadrature error is stated in :class:`~torchnf.layers.UMNNTransformer`). Beyond

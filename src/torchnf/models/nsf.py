@@ -26,7 +26,7 @@ from torchnf.nets.embedding import embedding_context
 class NSF(Flow):
     r"""Neural spline flow ``z = f(x | c)``: ActNorm, then rational-quadratic spline layers.
 
-    ``f = S_K \circ \cdots \circ S_1 \circ A``: ``A`` an :class:`ActNorm` that
+    :math:`f = S_K \circ \cdots \circ S_1 \circ A`: ``A`` an :class:`ActNorm` that
     ``flow.initialize(x)`` (called by ``fit`` on the first batch) sets to standardize the data,
     so the splines see standardized values whatever the location and scale of the raw data.
     With ``autoregressive=True`` each ``S_k`` is a :class:`SplineAutoregressive` layer with a

@@ -22,7 +22,7 @@ from torchnf.nets.embedding import embedding_context
 class BernsteinFlow(Flow):
     r"""Bernstein-polynomial flow ``z = f(x | c)``: ActNorm, then polynomial transformer layers.
 
-    ``f = T_K \circ \cdots \circ T_1 \circ A`` as in :class:`~torchnf.models.NAF`, with the
+    :math:`f = T_K \circ \cdots \circ T_1 \circ A` as in :class:`~torchnf.models.NAF`, with the
     :class:`~torchnf.layers.BernsteinTransformer`: a conditional affine map
     :math:`v_i = (x_i + t_i) e^{s_i}`, then
     :math:`z_i = \sum_{k=0}^{M} \theta_{ik} b_{k,M}((v_i + B)/(2B))` on ``[-B, B]`` with

@@ -23,7 +23,7 @@ from torchnf.nets.embedding import embedding_context
 class RealNVP(Flow):
     r"""RealNVP flow ``z = f(x | c)``: a standardizing ActNorm, then affine couplings.
 
-    ``f = C_K \circ \cdots \circ C_1 \circ A`` where ``A`` is an :class:`ActNorm` that
+    :math:`f = C_K \circ \cdots \circ C_1 \circ A` where ``A`` is an :class:`ActNorm` that
     ``flow.initialize(x)`` (called by ``fit`` on the first batch) sets to standardize the data,
     so the flow works on raw data of any location and scale, and each ``C_k`` an
     :class:`AffineCoupling` (a :class:`Coupling` of an affine transformer and an :class:`MLP`
@@ -99,7 +99,7 @@ class RealNVP(Flow):
 class NICE(Flow):
     r"""NICE flow ``z = f(x | c)``: ActNorm, additive couplings, and a final diagonal scaling.
 
-    ``f = S \circ C_K \circ \cdots \circ C_1 \circ A``: ``A`` a standardizing :class:`ActNorm`,
+    :math:`f = S \circ C_K \circ \cdots \circ C_1 \circ A`: ``A`` a standardizing :class:`ActNorm`,
     ``C_k`` volume-preserving :class:`AdditiveCoupling` layers with alternating masks, ``S``
     a learnable diagonal scaling (an :class:`ActNorm`, the only source of volume change
     besides ``A``, as in the paper). The base is :math:`N(0, I)`.

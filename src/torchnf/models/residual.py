@@ -40,7 +40,7 @@ def _residual_chain(
 class PlanarFlow(Flow):
     r"""Planar flow ``z = f(x)``: a standardizing ActNorm, then ``n_layers`` :class:`Planar`.
 
-    ``f = P_K \circ \cdots \circ P_1 \circ A``; ``A`` is an :class:`ActNorm` that
+    :math:`f = P_K \circ \cdots \circ P_1 \circ A`; ``A`` is an :class:`ActNorm` that
     ``flow.initialize(x)`` (called by ``fit`` on the first batch) sets to standardize the data.
     Every layer has an exact inverse, so the flow samples as well as it evaluates densities.
     The base is :math:`N(0, I)`.
@@ -82,7 +82,7 @@ class PlanarFlow(Flow):
 class RadialFlow(Flow):
     r"""Radial flow ``z = f(x)``: a standardizing ActNorm, then ``n_layers`` :class:`Radial`.
 
-    ``f = R_K \circ \cdots \circ R_1 \circ A``; ``A`` is an :class:`ActNorm` that
+    :math:`f = R_K \circ \cdots \circ R_1 \circ A`; ``A`` is an :class:`ActNorm` that
     ``flow.initialize(x)`` sets to standardize the data. Each radial layer inverts in closed
     form. The base is :math:`N(0, I)`.
 
@@ -122,13 +122,13 @@ class RadialFlow(Flow):
 class SylvesterNet(Flow):
     r"""Sylvester flow ``z = f(x)``: a standardizing ActNorm, then ``n_layers`` Sylvester blocks.
 
-    ``f = S_K \circ \cdots \circ S_1 \circ A``, each ``S_k`` a :class:`SylvesterBlock`
+    :math:`f = S_K \circ \cdots \circ S_1 \circ A`, each ``S_k`` a :class:`SylvesterBlock`
     :math:`x + Q R_2 \tanh(R_1 Q^\top x + b)` with an exact inverse and its own ``Q``;
     ``q="triangular"`` uses fixed permutations alternating between the identity and the
     reversal (triangular Sylvester flows). With ``init="permutation"`` the orthogonal ``Q``
     start at those permutations too, so the flow starts as a triangular one and learns its
     rotations; with ``actnorm=True`` an :class:`ActNorm` follows every block,
-    ``f = A_K \circ S_K \circ \cdots \circ A_1 \circ S_1 \circ A``. Both matter on
+    :math:`f = A_K \circ S_K \circ \cdots \circ A_1 \circ S_1 \circ A`. Both matter on
     images: on the 8x8 digits, 16 blocks of ``M = 64`` reach 2.25 test bits/dim from random
     rotations with ActNorms, 2.19 from fixed permutations (``q="triangular"``) without, 2.10
     with both, and 32 blocks with both 2.03 (500 steps; ``benchmarks/RESULTS.md``,
@@ -215,7 +215,7 @@ class SylvesterNet(Flow):
 class GeneralizedSylvesterNet(Flow):
     r"""Generalized Sylvester flow ``z = f(x | c)``: a standardizing ActNorm, then blocks.
 
-    ``f = G_K \circ \cdots \circ G_1 \circ A``, each ``G_k`` a
+    :math:`f = G_K \circ \cdots \circ G_1 \circ A`, each ``G_k`` a
     :class:`GeneralizedSylvesterBlock` :math:`x + W^{-1} f_{AR}(W x | c)` with its own
     invertible ``W`` and MADE, inverted coordinate by coordinate. With
     ``init="permutation"`` the ``W`` start at the identity and the reversal alternately (a

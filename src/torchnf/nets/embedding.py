@@ -307,7 +307,7 @@ class Conv2dEmbedding(_ConvEmbedding):
 
 class DeepSets(Embedding):
     r"""Permutation-invariant embedding of a set of i.i.d. trials,
-    ``e = \rho(\mathrm{mean}_{i \le m} \phi(c_i), m / n)``.
+    :math:`e = \rho(\mathrm{mean}_{i \le m} \phi(c_i), m / n)`.
 
     Each trial ``c_i`` (a row of ``input_size`` values) goes through the MLP ``phi``; the
     ``m`` present trials' features are averaged and, with the fraction ``m / n_trials`` of

@@ -127,7 +127,7 @@ class MADE(ConditionerNet):
         Exact at any parameter values: the first layer's weight columns, its mask's columns,
         and the output layer's weight, mask and bias rows (feature by feature) are reversed;
         nothing else depends on the order of the features. Applying it twice restores the
-        MADE. In a flow, ``M \circ R = R \circ (R M R)`` moves a reversal past a layer, so
+        MADE. In a flow, :math:`M \circ R = R \circ (R M R)` moves a reversal past a layer, so
         reversals between MADE layers fold into their orders (see
         :func:`~torchnf.models.maf.autoregressive_chain`).
 
