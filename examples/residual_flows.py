@@ -25,9 +25,11 @@ STEPS = 600
 MODELS = {
     "planar": lambda: PlanarFlow(2, n_layers=16),
     "radial": lambda: RadialFlow(2, n_layers=16),
-    "sylvester": lambda: SylvesterNet(n_layers=8, input_size=2, hidden_size=2),
+    "sylvester": lambda: SylvesterNet(
+        n_layers=8, input_size=2, hidden_size=2, init="random", actnorm=False
+    ),
     "generalized_sylvester": lambda: GeneralizedSylvesterNet(
-        n_layers=6, input_size=2, hidden_sizes=(32, 32)
+        n_layers=6, input_size=2, hidden_sizes=(32, 32), init="random", actnorm=False
     ),
 }
 

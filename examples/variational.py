@@ -38,9 +38,11 @@ def sampling_direction(model: Flow) -> Flow:
 MODELS = {
     "planar (K=32)": lambda: sampling_direction(PlanarFlow(2, n_layers=32)),
     "radial (K=32)": lambda: sampling_direction(RadialFlow(2, n_layers=32)),
-    "Sylvester (K=16)": lambda: sampling_direction(SylvesterNet(16, 2)),
+    "Sylvester (K=16)": lambda: sampling_direction(
+        SylvesterNet(16, 2, init="random", actnorm=False)
+    ),
     "gen. Sylvester (K=8)": lambda: sampling_direction(
-        GeneralizedSylvesterNet(8, 2, hidden_sizes=(32, 32))
+        GeneralizedSylvesterNet(8, 2, hidden_sizes=(32, 32), init="random", actnorm=False)
     ),
     "IAF (5 layers)": lambda: IAF(2, n_layers=5, hidden_sizes=(64, 64)),
     "NSF coupling (5 layers)": lambda: NSF(

@@ -13,7 +13,7 @@ from torchnf.core.registry import get
 from torchnf.diagnostics import check
 from torchnf.functional.residual import planar_constrain, solve_tanh_residual
 from torchnf.functional.solvers import ConvergenceError, solve_increasing
-from torchnf.layers import GeneralizedSylvesterBlock, Planar, Radial, SylvesterBlock
+from torchnf.layers import ActNorm, GeneralizedSylvesterBlock, Planar, Radial, SylvesterBlock
 from torchnf.models import GeneralizedSylvesterNet, PlanarFlow, SylvesterNet
 
 LAYERS = ["Planar", "Radial", "SylvesterBlock", "GeneralizedSylvesterBlock"]
@@ -173,7 +173,7 @@ def test_sylvester_q_forms(q: str, hidden_size: int) -> None:
 
 
 def test_triangular_sylvester_alternates_permutations() -> None:
-    net = SylvesterNet(n_layers=4, input_size=3, q="triangular")
+    net = SylvesterNet(n_layers=4, input_size=3, q="triangular", actnorm=False)
     blocks = list(net.bijector)[1:]
     assert [b.q_form for b in blocks] == ["identity", "reverse", "identity", "reverse"]
     assert not any(p.requires_grad for b in blocks for p in b.q.buffers())
@@ -339,3 +339,12 @@ def test_solver_follows_dtype(dtype: torch.dtype) -> None:
     x = solve_increasing(fn, t, t - 5, t + 5)
     assert x.dtype == dtype
     assert float(((fn(x)[0] - t).abs() / (1 + t.abs())).max()) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("name", ["SylvesterNet", "GeneralizedSylvesterNet"])
+def test_configs_recorded_before_init_and_actnorm_rebuild_as_trained(name: str) -> None:
+    from torchnf.core.registry import build
+
+    flow = build(name, {"n_layers": 2, "input_size": 3})
+    assert flow.config["init"] == "random" and flow.config["actnorm"] is False
+    assert not any(isinstance(layer, ActNorm) for layer in list(flow.bijector)[1:])
