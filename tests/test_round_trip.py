@@ -23,13 +23,17 @@ from torchnf.layers import dequantize
 from torchnf.models import (
     IAF,
     MAF,
+    NAF,
     NICE,
     NSF,
+    UMNN,
+    BernsteinFlow,
     GeneralizedSylvesterNet,
     ImageFlow,
     PlanarFlow,
     RadialFlow,
     RealNVP,
+    ResidualFlow,
     SylvesterNet,
 )
 
@@ -48,6 +52,10 @@ VECTOR_MODELS = {
     "RadialFlow": lambda d: RadialFlow(d, n_layers=8),
     "SylvesterNet": lambda d: SylvesterNet(4, d),
     "GeneralizedSylvesterNet": lambda d: GeneralizedSylvesterNet(3, d, hidden_sizes=(32, 32)),
+    "NAF": lambda d: NAF(d, n_layers=2, hidden_sizes=(32, 32)),
+    "UMNN": lambda d: UMNN(d, n_layers=2, hidden_sizes=(32, 32)),
+    "BernsteinFlow": lambda d: BernsteinFlow(d, n_layers=2, hidden_sizes=(32, 32)),
+    "ResidualFlow": lambda d: ResidualFlow(d, n_layers=3, hidden_sizes=(32, 32)),
 }
 IMAGE_MODELS = {
     "Glow": {"n_levels": 2, "n_steps": 2, "hidden_channels": 16},
