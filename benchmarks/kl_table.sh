@@ -19,3 +19,8 @@ torchnf bench --models NAF UMNN BernsteinFlow --steps 1000 --threads 1 \
 # Circular splines (CircularNSF, models/circular.py) against NSF on the targets with angles.
 torchnf bench --models CircularNSF NSF --steps 1000 --threads 1 --targets torus cylinder \
   --out benchmarks/kl/circular
+# Continuous normalizing flows (models/continuous.py) trained by flow matching: a step is one
+# field evaluation, so more steps on larger batches; benchmarks/cnf.py compares it with the
+# same CNF trained by likelihood through the ODE solver (FFJORD).
+torchnf bench --models CNF --objective flow_matching --steps 5000 --batch-size 1024 --lr 5e-3 \
+  --hidden-sizes 64 64 64 --threads 1 --targets moons ring banana funnel --out benchmarks/kl/cnf

@@ -24,6 +24,7 @@ def _load(name: str) -> ModuleType:
 RUNS = {
     "mixture_1d": {"steps": 3},
     "mixture_2d": {"steps": 3},
+    "flow_matching": {"steps": 3},
     "triangular_chains": {"epochs": 1},
     "colour_palette": {"epochs": 1, "steps": 3},
     "moons_realnvp": {"steps": (3, 3)},

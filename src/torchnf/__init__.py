@@ -8,7 +8,7 @@ and :mod:`torchnf.models`: every ``@register`` decorator has run, and the regist
 from torchnf import layers, models  # noqa: F401  (fills the registry)
 from torchnf.core import Bijector, Chain, Flow, FlowDistribution, Inverse
 from torchnf.export import export
-from torchnf.train import fit, load, nll, reverse_kl, save
+from torchnf.train import fit, flow_matching_loss, load, nll, reverse_kl, save
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "Inverse",
     "export",
     "fit",
+    "flow_matching_loss",
     "load",
     "nll",
     "reverse_kl",

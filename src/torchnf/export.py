@@ -54,9 +54,18 @@ from torchnf.core.flow import Flow
 #: The methods :func:`export` can write.
 METHODS = ("log_prob", "sample", "sample_and_log_prob")
 
+_ODE = (
+    "both directions solve an ODE with an adaptive step size chosen on the host from the "
+    "data at every step, and the divergence takes backward passes through the vector field, "
+    "neither of which torch.export traces"
+)
+
 #: ``(model class name, method) -> reason`` for the ready-made models that cannot be exported;
 #: ``"sample"`` stands for ``"sample_and_log_prob"`` too. Subclasses inherit their entries.
-NOT_EXPORTABLE: dict[tuple[str, str], str] = {}
+NOT_EXPORTABLE: dict[tuple[str, str], str] = {
+    ("CNF", "log_prob"): _ODE,
+    ("CNF", "sample"): _ODE,
+}
 
 _SUFFIXES = (".onnx", ".pt2")
 

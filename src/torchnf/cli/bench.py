@@ -25,6 +25,7 @@ from torchnf.cli.common import (
 from torchnf.core import registry
 from torchnf.data.targets import TARGETS, get_target
 from torchnf.diagnostics.kl import KLEstimate, kl_divergence
+from torchnf.layers.continuous import ContinuousFlow
 from torchnf.train.fit import fit
 
 #: The fraction of each target's points that ``fit`` holds out for validation here.
@@ -80,6 +81,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=[64, 64],
         help="conditioner widths",
     )
+    p.add_argument(
+        "--objective",
+        choices=["nll", "flow_matching"],
+        default="nll",
+        help="training objective: nll (maximum likelihood) or flow_matching (continuous flows "
+        "only, e.g. CNF; the KL is then still exact, through the ODE)",
+    )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of data and initialization")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads of torch")
     p.add_argument(
@@ -105,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"expected targets of known density, got {unknown}")
     check_batch_size(args.n_points, VAL_FRACTION, args.batch_size)
+    if args.objective == "flow_matching":
+        for model in models:
+            example = model_entry(model).example(0)
+            if not any(isinstance(m, ContinuousFlow) for m in example.modules()):
+                raise ValueError(
+                    f"--objective flow_matching trains continuous flows; {model} is not one "
+                    "(use --models CNF)"
+                )
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -129,6 +145,9 @@ def _bench(model: str, target: Any, args: argparse.Namespace) -> dict[str, Any]:
     data = target.sample(args.n_points, seed=args.seed)
     entropy = KLEstimate.from_terms(-target.log_prob(target.sample(args.n_eval, seed=1)))
     record: dict[str, Any] = {"model": model, "target": target.name, "dim": target.dim}
+    objective = getattr(args, "objective", "nll")
+    if objective != "nll":
+        record["objective"] = objective
     tic = time.perf_counter()
     try:
         torch.manual_seed(args.seed)
@@ -142,6 +161,7 @@ def _bench(model: str, target: Any, args: argparse.Namespace) -> dict[str, Any]:
             val_fraction=VAL_FRACTION,
             seed=args.seed,
             progress=False,
+            objective=objective,
         )
         flow.eval()
         kl = kl_divergence(flow, target, args.n_eval, seed=args.seed + 1)
@@ -159,19 +179,24 @@ def _row(r: dict[str, Any]) -> list[str]:
     else:
         kl, nll = f"{r['kl']:.3f} ± {r['kl_stderr']:.3f}", f"{r['nll']:.3f}"
     entropy, seconds = f"{r['entropy']:.3f}", f"{r['seconds']:.0f}"
-    return [r["model"], r["target"], str(r["dim"]), kl, nll, entropy, seconds]
+    return [_label(r), r["target"], str(r["dim"]), kl, nll, entropy, seconds]
+
+
+def _label(r: dict[str, Any]) -> str:
+    """The model's name, with its objective when it is not maximum likelihood."""
+    return r["model"] + (f" ({r['objective']})" if "objective" in r else "")
 
 
 def _plot(records: list[dict[str, Any]], path: Path) -> None:
     from torchnf.plotting import _figure, _save
 
-    models = list(dict.fromkeys(r["model"] for r in records))
+    models = list(dict.fromkeys(_label(r) for r in records))
     targets = list(dict.fromkeys(r["target"] for r in records))
     fig = _figure(1, (max(5.0, 0.9 * len(targets) * max(1, len(models)) ** 0.5 + 2), 3.8))
     ax = fig.axes[0]
     width = 0.8 / len(models)
     for i, model in enumerate(models):
-        done = [r for r in records if r["model"] == model and "kl" in r]
+        done = [r for r in records if _label(r) == model and "kl" in r]
         xs = [targets.index(r["target"]) + (i - (len(models) - 1) / 2) * width for r in done]
         kls = [max(r["kl"], 1e-3) for r in done]
         ax.bar(xs, kls, width, yerr=[r["kl_stderr"] for r in done], label=model, capsize=2)

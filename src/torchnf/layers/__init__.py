@@ -10,6 +10,7 @@ from torchnf.layers.circular import (
     MixedTransformer,
     wrap_angle,
 )
+from torchnf.layers.continuous import ContinuousFlow, VectorField
 from torchnf.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, checkerboard_mask
 from torchnf.layers.dequantization import VariationalDequantization
 from torchnf.layers.elementwise import Logit, Sigmoid, Softlog, Softsquare
@@ -50,6 +51,7 @@ __all__ = [
     "CircularActNorm",
     "CircularRQSTransformer",
     "CircularSplineCoupling",
+    "ContinuousFlow",
     "Coupling",
     "DSFTransformer",
     "Flatten",
@@ -83,8 +85,9 @@ __all__ = [
     "Squeeze",
     "SylvesterBlock",
     "TriangularAffine",
-    "VariationalDequantization",
     "UMNNTransformer",
+    "VariationalDequantization",
+    "VectorField",
     "checkerboard_mask",
     "dequantize",
     "image_mask",

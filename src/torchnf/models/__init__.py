@@ -1,6 +1,7 @@
 """Ready-made flows named after papers."""
 
 from torchnf.models.circular import CircularNSF
+from torchnf.models.continuous import CNF
 from torchnf.models.discrete import Dequantized
 from torchnf.models.glow import Glow
 from torchnf.models.image import ImageFlow
@@ -15,8 +16,9 @@ from torchnf.models.residual import GeneralizedSylvesterNet, PlanarFlow, RadialF
 from torchnf.models.vae import VAE
 
 __all__ = [
-    "CircularNSF",
     "BernsteinFlow",
+    "CNF",
+    "CircularNSF",
     "Dequantized",
     "GeneralizedSylvesterNet",
     "Glow",

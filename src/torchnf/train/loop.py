@@ -100,7 +100,12 @@ def train(
     world = distributed.world_size()
     module: nn.Module = _ObjectiveModule(flow, objective)
     if world > 1:
-        module = DistributedDataParallel(module, device_ids=_device_ids(device))
+        # An objective that leaves some parameters without a gradient (flow matching trains
+        # the vector field only) says so, or DDP would wait for their gradients forever.
+        unused = bool(getattr(objective, "find_unused_parameters", False))
+        module = DistributedDataParallel(
+            module, device_ids=_device_ids(device), find_unused_parameters=unused
+        )
     if compile_mode is not None:
         module = torch.compile(module, mode=compile_mode)
     # CUDA-graph replays reuse their output buffers: each step is marked as a new one.

@@ -223,6 +223,7 @@ def _check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) 
         ("config", "model config"),
         ("dtype", "dtype"),
         ("data_fingerprint", "data"),
+        ("objective", "objective"),  # absent for maximum likelihood
     ):
         if saved.get(key) != current.get(key):
             detail = _first_difference(saved.get(key), current.get(key))
