@@ -231,3 +231,10 @@ def test_an_image_run_with_variational_dequantization(tmp_path, capsys):
     grid = tmp_path / "grid.png"
     assert cli.main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(grid)]) == 0
     assert grid.stat().st_size > 0
+
+
+def test_fit_on_raw_rows_names_encode():
+    flow = Dequantized(2, categorical_columns=[1], n_categories=[5])
+    x = torch.stack([torch.randn(300), torch.randint(0, 5, (300,)).float()], 1)
+    with pytest.raises(ValueError, match=r"got raw rows \(300, 2\): fit\(flow, flow.encode\(x\)\)"):
+        fit(flow, x, steps=1, progress=False)

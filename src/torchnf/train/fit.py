@@ -262,6 +262,7 @@ def fit(
         objective = get_objective(objective)
         if isinstance(objective, FlowMatching):
             split_continuous(flow)  # a flow without a continuous layer is refused here
+        _check_not_raw(flow, data)
         source = make_source(
             data,
             context,
@@ -441,6 +442,18 @@ def _restore(folder: RunFolder, optimizer: torch.optim.Optimizer, hooks: list[Ho
     for hook in hooks:
         if hook.name is not None and hook.name in state.get("hooks", {}):
             hook.load_state_dict(state["hooks"][hook.name])
+
+
+def _check_not_raw(flow: Flow, data: Any) -> None:
+    """Refuse raw rows for a flow that models encoded ones (a ``Dequantized`` flow's
+    categories become bit columns), naming the fix."""
+    raw_shape = tuple(getattr(flow, "raw_shape", flow.event_shape))
+    shape = tuple(getattr(data, "shape", ()))[1:]
+    if raw_shape != tuple(flow.event_shape) and shape == raw_shape:
+        raise ValueError(
+            f"expected encoded rows of shape (N, {', '.join(map(str, flow.event_shape))}), "
+            f"got raw rows {tuple(data.shape)}: fit(flow, flow.encode(x))"
+        )
 
 
 def _check_options(
