@@ -46,7 +46,7 @@ FIGURES: dict[str, tuple[Callable[[], Flow], str, dict]] = {
     "continuous": (
         lambda: CNF(2, hidden_sizes=(64, 64)),
         "moons",
-        {"objective": "flow_matching", "steps": 1500},
+        {"objective": "flow_matching", "steps": 4000, "batch_size": 1024, "lr": 5e-3},
     ),
     "circular": (lambda: CircularNSF(2, circular=(0, 1), n_layers=4), "torus", {}),
 }
