@@ -156,7 +156,7 @@ class SylvesterNet(Flow):
         init: start of the orthogonal ``Q``: ``"random"`` rotations drawn from each block's
             seed, or ``"permutation"``: the identity and the reversal, alternately.
         actnorm: an :class:`ActNorm` after every block. The defaults (``"permutation"``,
-            ``True``) beat random rotations without ActNorms on every 2-D target and on the
+            ``True``) beat or match random rotations without ActNorms on every 2-D target and the
             digits (README); configs recorded before they existed rebuild with the old ones.
 
     References:
@@ -246,7 +246,7 @@ class GeneralizedSylvesterNet(Flow):
         init: start of the ``W``: ``"random"`` rotations drawn from each block's seed, or
             ``"permutation"``: the identity and the reversal, alternately.
         actnorm: an :class:`ActNorm` after every block. The defaults (``"permutation"``,
-            ``True``) beat random rotations without ActNorms on every 2-D target and on the
+            ``True``) beat or match random rotations without ActNorms on every 2-D target and the
             digits (README); configs recorded before they existed rebuild with the old ones.
 
     References:
