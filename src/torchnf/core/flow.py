@@ -37,7 +37,7 @@ class Flow(Bijector):
     one raw context.
 
     The raw context goes through ``c -> encoder((c - m) / s)`` once per call: ``m`` and ``s``
-    are the buffers of a :class:`ContextStandardizer`, set by :meth:`initialize` (which
+    are the buffers of a ``ContextStandardizer``, set by :meth:`initialize` (which
     ``fit`` calls on the first batch) from the training contexts with :class:`ActNorm`'s
     robust statistics, and saved with the weights; until then it is the identity. So raw
     simulator outputs of any location and scale train with the default settings.

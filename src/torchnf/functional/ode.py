@@ -72,7 +72,7 @@ _B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
 _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
 _E = tuple(b5 - b4 for b5, b4 in zip(_B5, _B4, strict=True))
 
-#: Tolerances below this many machine epsilons of the state's dtype are raised to it: an
+#: Tolerances below this many machine epsilons of the state's dtype are raised to it, as an
 #: error estimate cannot resolve less than the rounding of the stages.
 TOLERANCE_FLOOR_EPS = 64
 
@@ -358,13 +358,13 @@ def conditional_path(
     x: Tensor, z: Tensor, t: Tensor, sigma_min: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     r"""A point of the conditional optimal-transport path from data ``x`` (``t = 0``) to noise
-    ``z`` (``t = 1:math:`), and the path's velocity there.
+    ``z`` (``t = 1``), and the path's velocity there.
 
     .. math:: x_t = (1 - t)\, x + (\sigma_{min} + (1 - \sigma_{min})\, t)\, z, \qquad
               u_t = \dot x_t = (1 - \sigma_{min})\, z - x.
 
     This is the path of Lipman et al. (2023) with time reversed, so that it runs in torchnf's
-    normalizing direction (data to latent, as the flow's `forward``): at ``t = 0`` it is the
+    normalizing direction (data to latent, as the flow's ``forward``): at ``t = 0`` it is the
     data point plus :math:`\sigma_{min} z`, at ``t = 1`` the noise. With
     :math:`\sigma_{min} = 0` it is the straight line of rectified flow (Liu et al., 2023)
     and of independent conditional flow matching (Tong et al., 2024).

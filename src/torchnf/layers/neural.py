@@ -42,7 +42,7 @@ class MonotoneTransformer(Transformer):
     result is differentiable (implicit derivative at the solution).
 
     Arguments:
-        tol: relative tolerance of the inverse, ``None:math:` for the dtype's default.
+        tol: relative tolerance of the inverse, ``None`` for the dtype's default.
         max_iter: iteration limit of the inverse.
     """
 
@@ -93,7 +93,7 @@ class DSFTransformer(MonotoneTransformer):
         a_j = a_{\min} + \mathrm{softplus}(\tilde a_j + c), \quad b_j = \tilde b_j + \beta_j,
         \quad w = \mathrm{softmax}(\tilde w),
 
-    from `params[..., :]`` :math:`= (\tilde a, \tilde b, \tilde w)` (``params_per_feature =
+    from ``params[..., :]`` :math:`= (\tilde a, \tilde b, \tilde w)` (``params_per_feature =
     3K``). ``c`` makes ``a_j = 1`` at :math:`\tilde a = 0`, and the fixed offsets
     :math:`\beta_j`, evenly spaced in ``[-1, 1]``, make the components differ, so a
     zero-initialized conditioner starts at a well-conditioned map close to the identity (odd,

@@ -6,7 +6,7 @@ Each categorical column of ``K`` categories is *encoded* as ``B = ceil(log2 K)``
 category is read back from the signs of a ``B``-dimensional continuous vector, here the bins
 ``[0, 1)`` and ``[1, 2)`` of each bit), so every discrete column of the encoded point ``e(x)``
 is an integer. The flow is a density ``p`` on the encoded columns made continuous,
-``v = e(x) + u`` with ``u`` in ``[0, 1)^d`` on the ``d:math:` discrete ones, and the likelihood of
+``v = e(x) + u`` with ``u`` in ``[0, 1)^d`` on the ``d`` discrete ones, and the likelihood of
 the mixed point (a probability for the discrete columns times a density for the continuous
 ones) is bounded by the ELBO (Flow++, Ho et al., 2019, arXiv:1902.00275):
 
@@ -14,7 +14,7 @@ ones) is bounded by the ELBO (Flow++, Ho et al., 2019, arXiv:1902.00275):
     \log P(x) = \log \int_{[0,1)^d} p(e(x) + u)\,du
     \ge E_{q(u | x)}[\log p(e(x) + u) - \log q(u | x)],
 
-with `q`` uniform (uniform dequantization, the bound of Theis et al., 2016,
+with ``q`` uniform (uniform dequantization, the bound of Theis et al., 2016,
 arXiv:1511.01844) or a learned conditional flow (variational dequantization,
 :class:`~torchnf.layers.VariationalDequantization`). With ``S`` draws ``u_s ~ q``, the
 importance-weighted estimate :math:`\log \frac1S \sum_s p(e(x) + u_s) / q(u_s | x)` is a

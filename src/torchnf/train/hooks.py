@@ -6,7 +6,7 @@ The loop (:func:`torchnf.train.loop.train`) does the steps; everything else is a
 each optimizer step (keep it cheap: no host sync), ``on_log`` with each log record (every
 ``log_every`` steps, after validation), and ``on_end`` after the last step. A hook that must
 survive a resume saves its state with the checkpoint (:meth:`Hook.state_dict`). A hook stops
-training early by setting :attr:`TrainingState.stop`.
+training early by setting ``TrainingState.stop``.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class NegativeLogLikelihood:
         return nll(flow, batch.x, batch.context)
 
 
-#: The maximum-likelihood objective, ``fit:math:`'s default.
+#: The maximum-likelihood objective, ``fit``'s default.
 NLL = NegativeLogLikelihood()
 
 
@@ -90,7 +90,7 @@ def flow_matching_loss(
               - u_i \right\|^2, \quad x_{t} = (1 - t)\, y + (\sigma_{min}
               + (1 - \sigma_{min})\, t)\, z,\ u = (1 - \sigma_{min})\, z - y,
 
-    with `y`` the data after the layers before the flow's
+    with ``y`` the data after the layers before the flow's
     :class:`~torchnf.layers.ContinuousFlow` (a :class:`~torchnf.models.CNF`'s standardizing
     ActNorm; they are fixed here, no gradient reaches them), ``z`` a draw of the flow's base
     distribution and :math:`t \sim U(0, 1)`: the straight path from data at ``t = 0`` to noise
@@ -172,7 +172,7 @@ class FlowMatching:
     """
 
     name = "flow_matching"
-    #: The layers before the field and a learnable base get no gradient: DDP must know.
+    #: The layers before the field and a learnable base get no gradient, and DDP must know.
     find_unused_parameters = True
 
     def __init__(self, ot: bool = False, sigma_min: float = 0.0, seed: int = 0) -> None:
@@ -211,7 +211,7 @@ def get_objective(objective: str | Objective) -> Objective:
     return objective
 
 
-#: What a target log-density may be: a callable on ``(n, D)`` points returning ``(n,)``
+#: What a target log-density may be, a callable on ``(n, D)`` points returning ``(n,)``
 #: (unnormalized is fine), or a ``torch.distributions.Distribution``.
 LogDensity = Callable[[Tensor], Tensor] | Distribution
 
