@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from torchnf.functional.solvers import ConvergenceError, default_tol
+from torchnf.functional.solvers import ConvergenceError, default_tol, iterate_on_device
 
 #: :math:`\max_t \frac{d}{dt}\, t\,\sigma(t) \approx 1.0998`: LipSwish divides Swish by 1.1.
 LIPSWISH_SCALE = 1.1
@@ -292,7 +292,15 @@ def contraction_solve(
             return new, done, delta
 
         if torch.compiler.is_exporting():
-            return _iterate_exported(iterate, x0.clone(), max_iter)  # no alias of the input
+
+            def on_device(x: Tensor) -> tuple[Tensor, Tensor]:
+                new, done, _ = iterate(x)
+                return done, new
+
+            start = torch.zeros(x0.shape[:-1], dtype=torch.bool, device=x0.device)
+            # x0.clone(): no alias of the input in the loop's state
+            done, (x,) = iterate_on_device(on_device, (x0.clone(),), start, max_iter)
+            return torch.where(done.unsqueeze(-1), x, torch.nan)
         x = x0
         for _ in range(max_iter):
             x, done, delta = iterate(x)
@@ -306,24 +314,3 @@ def contraction_solve(
             f"{float(residual.max()):.3g} (error bound {float((ratio * delta)[bad].max()):.3g}), "
             f"expected an error bound <= tol={tol:g} (relative); raise max_iter or tol"
         )
-
-
-def _iterate_exported(
-    iterate: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]], x: Tensor, max_iter: int
-) -> Tensor:
-    """:func:`contraction_solve`'s iterations as one :func:`torch.while_loop`, for
-    :func:`torch.export.export` (and ONNX): the stopping test stays on the device, at most
-    ``max_iter`` iterations, NaN for the samples that have not converged (a program cannot
-    raise)."""
-    count = torch.zeros((), dtype=torch.int64, device=x.device)
-    done = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
-
-    def running(count: Tensor, done: Tensor, x: Tensor) -> Tensor:
-        return (count < max_iter) & ~done.all()
-
-    def body(count: Tensor, done: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x, done, _ = iterate(x)
-        return count + 1, done, x
-
-    _, done, x = torch.while_loop(running, body, (count, done, x))
-    return torch.where(done.unsqueeze(-1), x, torch.nan)

@@ -104,7 +104,14 @@ def solve_increasing(
             return torch.where(done, x, new_x), lo, hi, new_x - x, done, residual
 
         if torch.compiler.is_exporting():
-            x = _iterate_exported(iterate, (x, lo, hi, step), max_iter)
+
+            def on_device(*state: Tensor) -> tuple[Tensor, ...]:
+                x, lo, hi, step, done, _ = iterate(*state)
+                return done, x, lo, hi, step
+
+            start = torch.zeros_like(x, dtype=torch.bool)
+            done, (x, *_) = iterate_on_device(on_device, (x, lo, hi, step), start, max_iter)
+            x = torch.where(done, x, torch.nan)
         else:
             for _ in range(max_iter):
                 new_x, lo, hi, step, done, residual = iterate(x, lo, hi, step)
@@ -123,21 +130,26 @@ def solve_increasing(
     return x - (value - target) / slope
 
 
-def _iterate_exported(
-    iterate: Callable[..., tuple[Tensor, ...]], state: tuple[Tensor, ...], max_iter: int
-) -> Tensor:
-    """:func:`solve_increasing`'s iterations as one :func:`torch.while_loop`, for export: at
-    most ``max_iter`` iterations, NaN where the solve has not converged (a program cannot
-    raise)."""
-    count = torch.zeros((), dtype=torch.int64, device=state[0].device)
-    done = torch.zeros_like(state[0], dtype=torch.bool)
+def iterate_on_device(
+    step: Callable[..., tuple[Tensor, ...]],
+    state: tuple[Tensor, ...],
+    done: Tensor,
+    max_iter: int,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Repeat ``(done, *state) = step(*state)`` as one :func:`torch.while_loop` until every
+    element of ``done`` holds or ``max_iter`` iterations have run; returns ``(done, state)``.
+
+    An iterative solver's loop for :func:`torch.export.export` (and ONNX, as a ``Loop``): the
+    stopping test stays on the device. A program cannot raise, so callers turn the elements
+    not ``done`` into NaN where Python would raise :class:`ConvergenceError`.
+    """
+    count = torch.zeros((), dtype=torch.int64, device=done.device)
 
     def running(count: Tensor, done: Tensor, *state: Tensor) -> Tensor:
         return (count < max_iter) & ~done.all()
 
     def body(count: Tensor, done: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        x, lo, hi, step, done, _ = iterate(*state)
-        return count + 1, done, x, lo, hi, step
+        return count + 1, *step(*state)
 
-    _, done, x, *_ = torch.while_loop(running, body, (count, done, *state))
-    return torch.where(done, x, torch.nan)
+    _, done, *state = torch.while_loop(running, body, (count, done, *state))
+    return done, tuple(state)
