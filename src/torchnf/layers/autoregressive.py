@@ -73,10 +73,13 @@ class MaskedAutoregressive(Bijector):
         # which are final when step i runs.
         x = torch.zeros_like(y)
         log_det = y.new_zeros(y.shape[:-1])
-        track = torch.is_grad_enabled()
+        # Out of place when autograd must keep the x each pass used, and under compile: torch
+        # 2.11's compiled graph (aot_eager, bfloat16 conditioners) disagreed with eager on the
+        # in-place update (0.6 apart on the GPU machine); torch 2.13 agrees either way.
+        track = torch.is_grad_enabled() or torch.compiler.is_compiling()
         for i in self.made.order:
             out, ld = self.transformer.inverse(y[..., i : i + 1], net(x, i).unsqueeze(-2))
-            if track:  # out of place, so autograd keeps the x each pass used
+            if track:
                 x = torch.cat([x[..., :i], out, x[..., i + 1 :]], dim=-1)
             else:
                 x[..., i : i + 1] = out
