@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from torchnf.data import get_target
 from torchnf.models import RealNVP
 from torchnf.train import Hook, Interrupted
 from torchnf.train.checkpoint import load_training_state
+from torchnf.train.hooks import EarlyStopping, LearningRateSchedule
 
 OPTIONS = dict(lr=3e-3, lr_schedule="constant", progress=False, log_every=5, seed=3)
 
@@ -244,6 +247,49 @@ def test_early_stopping_restores_the_best_validation_weights(moons):
     split = torch.randperm(len(moons), generator=torch.Generator().manual_seed(0))
     val = moons[split[: int(np.ceil(0.1 * len(moons)))]]
     assert torchnf.train.evaluate_nll(flow, val) == pytest.approx(best, abs=1e-6)
+
+
+def test_a_plateau_at_a_high_rate_anneals_the_rate_before_stopping(moons):
+    history = torchnf.fit(
+        small_flow(), moons, steps=4000, patience=2, lr=0.05, progress=False, log_every=10
+    )
+    assert history.stopped is not None and "annealed to 0" in history.stopped, history.stopped
+    plateau = int(re.search(r"to step (\d+)", history.stopped).group(1))
+    # Half the patience (one interval of 10 steps) of cosine decay to 0 from the plateau's rate.
+    assert history["step"][-1] == plateau + 10
+    steps, rates = history["step"], history["lr"]
+    before = rates[steps.index(plateau)]
+    assert before > 0.1 * 0.05 and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert max(history["val_nll"][steps.index(plateau) :]) < float("inf")
+
+
+def test_a_plateau_at_a_low_rate_stops_at_once():
+    flow = small_flow()
+    optimizer = torch.optim.SGD(flow.parameters(), 1.0)
+    schedule = LearningRateSchedule("cosine")
+    stopping = EarlyStopping(2, schedule=schedule, cooldown_steps=50)
+    state = SimpleNamespace(step=900, total=1000, optimizer=optimizer, flow=flow, stop=None)
+    schedule.on_start(state)  # factor 0.024 at step 900: below min_factor 0.1
+    for step, value in ((900, 1.0), (910, 1.1), (920, 1.2)):
+        state.step = step
+        stopping.on_log(state, {"val_nll": value})
+    assert state.stop == (
+        "early stopping at step 920: val_nll did not improve on 1 (step 900) for 2 log intervals"
+    )
+    assert schedule.cooldown is None
+
+
+def test_the_cooldown_is_saved_with_the_schedule():
+    schedule = LearningRateSchedule("cosine")
+    state = SimpleNamespace(step=300, total=1000, optimizer=torch.optim.SGD([torch.zeros(1)], 1.0))
+    schedule.on_start(state)
+    schedule.cool_down(state, 50)
+    restored = LearningRateSchedule("cosine")
+    restored.load_state_dict(json.loads(json.dumps(schedule.state_dict())))
+    for step in (300, 320, 350, 900):
+        assert restored.factor(step, 1000) == schedule.factor(step, 1000)
+    assert schedule.factor(300, 1000) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.3)))
+    assert schedule.factor(350, 1000) == 0.0 == schedule.factor(900, 1000)
 
 
 def test_patience_needs_validation_data(moons):

@@ -176,7 +176,10 @@ def fit(
             dtype and data, or ``ValueError``).
         overwrite: replace the run in the run folder once this one completes.
         patience: stop when the validation loss has not improved for this many log
-            intervals, and restore the best validation weights at the end. ``"auto"``
+            intervals, and restore the best validation weights at the end; a plateau
+            reached while the learning rate is above a tenth of ``lr`` first anneals the
+            rate to 0 over half as many intervals (see
+            :class:`~torchnf.train.hooks.EarlyStopping`), then stops. ``"auto"``
             (default): 10 when fitting data by likelihood with validation data, none otherwise
             (flow matching's validation loss stalls while the density still improves);
             ``None``: train all steps, keep the last weights.
@@ -301,7 +304,13 @@ def fit(
         fitting_data = target is None and not isinstance(objective, FlowMatching)
         patience = AUTO_PATIENCE if source.has_validation and fitting_data else None
     if patience is not None:
-        parts.append(EarlyStopping(patience, key=f"val_{objective.name}"))
+        # At a plateau the rate is annealed over half the patience, then training stops.
+        cooldown = max(1, patience // 2) * log_every
+        parts.append(
+            EarlyStopping(
+                patience, f"val_{objective.name}", schedule=schedule, cooldown_steps=cooldown
+            )
+        )
         if not source.has_validation:
             raise ValueError("patience needs validation data: val_fraction > 0 (or val_data)")
     if objective.name == "nll" and source.has_validation and rank == 0:
