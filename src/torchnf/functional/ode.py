@@ -19,8 +19,11 @@ batch, and it is the Jacobian of the discrete map whose divergence integral the 
 approximates to the tolerance); and the error of every batch element is controlled (the norm
 is a root mean square per element, then the largest over the batch), so no point is solved
 more loosely because the others are easy. Gradients are by backpropagation through the solver
-("discretize then optimize"); the adjoint method is not implemented (memory grows with the
-number of steps, which is what a few-dimensional flow can afford).
+("discretize then optimize"; memory grows with the number of steps), or, by
+:func:`~torchnf.functional.adjoint.odeint_adjoint`, by the adjoint method ("optimize then
+discretize": a second solve backwards in time, memory constant in the steps), for which
+:func:`dopri5` also controls the error of state tensors without batch dimensions (the
+parameter gradients).
 
 :func:`divergence_exact` takes ``D`` backward passes (exact; for small ``D``, tests and
 evaluation), :func:`divergence_hutchinson` one (Hutchinson's unbiased estimator
@@ -114,13 +117,27 @@ def _error_ratio(
     atol: float,
     rtol: float,
     batch_ndim: int,
+    n_batched: int | None = None,
+    n_controlled: int | None = None,
 ) -> float:
     """``max`` over batch elements of the RMS of ``err / (atol + rtol max(|y0|, |y1|))``
-    over each element's components (all state tensors together); <= 1 accepts a step."""
+    over each element's components (all state tensors together); <= 1 accepts a step.
+
+    Only the first ``n_controlled`` state tensors count (``None``: all); those from index
+    ``n_batched`` on (``None``: none) have no batch dimensions and count as one more element,
+    the RMS over all their components."""
+    n = len(error) if n_controlled is None else n_controlled
+    n_batched = n if n_batched is None else n_batched
     squares, count = None, 0
-    for e, a, b in zip(error, y0, y1, strict=True):
+    shared, shared_count = None, 0
+    for i, (e, a, b) in enumerate(zip(error[:n], y0[:n], y1[:n], strict=True)):
         scale = atol + rtol * torch.maximum(a.detach().abs(), b.detach().abs())
         ratio = (e.detach() / scale).square()
+        if i >= n_batched:
+            shared_count += ratio.numel()
+            ratio = ratio.sum()
+            shared = ratio if shared is None else shared + ratio
+            continue
         if batch_ndim:
             ratio = ratio.reshape(*ratio.shape[:batch_ndim], -1)
             count += ratio.shape[-1]
@@ -129,7 +146,10 @@ def _error_ratio(
             count += ratio.numel()
             ratio = ratio.sum()
         squares = ratio if squares is None else squares + ratio
-    return math.sqrt(float(squares.max()) / max(count, 1))
+    worst = 0.0 if squares is None else float(squares.max()) / max(count, 1)
+    if shared is not None:
+        worst = max(worst, float(shared) / max(shared_count, 1))
+    return math.sqrt(worst)
 
 
 def _initial_step(
@@ -141,11 +161,13 @@ def _initial_step(
     atol: float,
     rtol: float,
     batch_ndim: int,
+    **norm: int | None,
 ) -> float:
-    """Hairer, Nørsett & Wanner's starting step (II.4, one extra evaluation), positive."""
+    """Hairer, Nørsett & Wanner's starting step (II.4, one extra evaluation), positive;
+    ``norm``: the keywords of :func:`_error_ratio`."""
     zeros = tuple(torch.zeros_like(y) for y in y0)
-    d0 = _error_ratio(y0, zeros, y0, atol, rtol, batch_ndim)
-    d1 = _error_ratio(f0, zeros, y0, atol, rtol, batch_ndim)
+    d0 = _error_ratio(y0, zeros, y0, atol, rtol, batch_ndim, **norm)
+    d1 = _error_ratio(f0, zeros, y0, atol, rtol, batch_ndim, **norm)
     if not (math.isfinite(d0) and math.isfinite(d1)):
         raise ConvergenceError(
             f"dopri5: the initial state or the dynamics at t={t0:g} are non-finite"
@@ -154,7 +176,7 @@ def _initial_step(
     y1 = tuple(y + direction * h0 * f for y, f in zip(y0, f0, strict=True))
     f1 = func(t0 + direction * h0, y1)
     diff = tuple(b - a for a, b in zip(f0, f1, strict=True))
-    d2 = _error_ratio(diff, zeros, y0, atol, rtol, batch_ndim) / h0
+    d2 = _error_ratio(diff, zeros, y0, atol, rtol, batch_ndim, **norm) / h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
@@ -171,6 +193,8 @@ def dopri5(
     rtol: float = 1e-5,
     max_steps: int = 1000,
     batch_ndim: int = 0,
+    unbatched: int = 0,
+    controlled: int | None = None,
 ) -> Solution:
     r"""Integrate :math:`\dot y = f(t, y)` from ``t0`` to ``t1`` (either direction) with the
     adaptive Dormand–Prince 5(4) method.
@@ -197,6 +221,12 @@ def dopri5(
         max_steps: limit on the steps, accepted and rejected.
         batch_ndim: number of leading batch dimensions of the state tensors (0: the whole
             state is one element).
+        unbatched: the last ``unbatched`` state tensors have no batch dimensions (the
+            parameter gradients of an adjoint solve, :mod:`torchnf.functional.adjoint`): their
+            error counts as one more element of the norm, the RMS over all their components.
+        controlled: only the first ``controlled`` state tensors enter the error estimate
+            (``None``: all); the others are integrated along on the same steps (a seminorm,
+            Kidger, Chen & Lyons, 2021, arXiv:2009.09457).
 
     Returns:
         A :class:`Solution`: the state at ``t1`` and the numbers of evaluations and steps.
@@ -216,6 +246,12 @@ def dopri5(
     if max_steps < 1:
         raise ValueError(f"expected max_steps >= 1, got {max_steps}")
     state = tuple(state)
+    if not 0 <= unbatched <= len(state):
+        raise ValueError(f"expected 0 <= unbatched <= {len(state)}, got {unbatched}")
+    if controlled is not None and not 1 <= controlled <= len(state):
+        raise ValueError(f"expected 1 <= controlled <= {len(state)} or None, got {controlled}")
+    n_controlled = len(state) if controlled is None else controlled
+    norm = {"n_batched": min(len(state) - unbatched, n_controlled), "n_controlled": n_controlled}
     if t0 == t1:
         return Solution(state, 0, 0, 0)
     floor = tolerance_floor(state[0].dtype)
@@ -224,7 +260,7 @@ def dopri5(
     span = abs(t1 - t0)
     k1 = func(t0, state)
     nfe = 1
-    h = min(_initial_step(func, t0, state, k1, direction, atol, rtol, batch_ndim), span)
+    h = min(_initial_step(func, t0, state, k1, direction, atol, rtol, batch_ndim, **norm), span)
     nfe += 1
     t, done, n_steps, n_rejected, ratio = t0, 0.0, 0, 0, float("nan")
     while done < span:
@@ -245,9 +281,9 @@ def dopri5(
         new = _combine(state, dt, ks[:6], _B5)
         error = tuple(
             sum((dt * e) * k[i] for e, k in zip(_E, ks, strict=True) if e != 0.0)
-            for i in range(len(state))
+            for i in range(n_controlled)
         )
-        ratio = _error_ratio(error, state, new, atol, rtol, batch_ndim)
+        ratio = _error_ratio(error, state, new, atol, rtol, batch_ndim, **norm)
         if not math.isfinite(ratio):
             raise ConvergenceError(
                 f"dopri5: the error estimate is {ratio} at t={t:.6g} (step {h:.3g}); the "

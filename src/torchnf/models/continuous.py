@@ -33,7 +33,8 @@ class CNF(Flow):
 
     Two ways to train it with :func:`torchnf.fit`: ``objective="nll"`` (maximum likelihood
     through the adaptive solver, FFJORD; each step solves the ODE and backpropagates through
-    it, and gets slower as the field grows stiffer), or ``objective="flow_matching"``
+    it, or with ``adjoint=True`` solves the adjoint ODE back in memory constant in the
+    solver's steps, and gets slower as the field grows stiffer), or ``objective="flow_matching"``
     (:func:`torchnf.flow_matching_loss`: a regression of ``v`` on the velocities of straight
     paths from standardized data at ``t = 0`` to base noise at ``t = 1``, one field evaluation
     per step, no ODE solve; the ActNorm then keeps its initialization). Either way,
@@ -66,6 +67,10 @@ class CNF(Flow):
         bounds: the support, one entry per dimension (see
             :class:`~torchnf.layers.BoundedSupport`, which then goes first); ``None``: the
             real line.
+        adjoint: gradients of the likelihood by the adjoint method (memory constant in the
+            solver's steps, slower steps; see :class:`~torchnf.layers.ContinuousFlow`).
+            Recorded in ``config``; configs from before it rebuild with ``False``, as
+            trained.
 
     References:
         FFJORD: Free-form Continuous Dynamics for Scalable Reversible Generative Models
@@ -93,9 +98,10 @@ class CNF(Flow):
         max_steps: int = 1000,
         embedding: dict | None = None,
         bounds: Sequence[Bound] | None = None,
+        adjoint: bool = False,
     ) -> None:
         encoder, context_size = embedding_context(embedding, context_size)
         field = VectorField(input_size, hidden_sizes, context_size, activation)
-        ode = ContinuousFlow(field, divergence, noise, atol, rtol, max_steps)
+        ode = ContinuousFlow(field, divergence, noise, atol, rtol, max_steps, adjoint)
         chain = Chain(*support_layers(bounds, input_size), ActNorm(input_size), ode)
         super().__init__(chain, context_encoder=encoder)
