@@ -222,7 +222,7 @@ def test_default_log_det_depends_on_the_size() -> None:
     "kwargs, message",
     [
         ({"lipschitz": 1.0}, "0 < lipschitz < 1"),
-        ({"log_det": "neumann"}, "log_det in"),
+        ({"log_det": "power"}, "log_det in"),
         ({"roulette_p": 0.0}, "roulette_p"),
         ({"max_iter": 0}, "max_iter >= 1"),
         ({"hidden_sizes": (0,)}, "positive hidden_sizes"),

@@ -175,6 +175,10 @@ def residual_log_det(jacobian: Tensor) -> Tensor:
     return torch.linalg.slogdet(eye + jacobian)[1]
 
 
+#: How :func:`roulette_log_det` differentiates its estimate.
+ROULETTE_GRADIENTS = ("direct", "neumann")
+
+
 def roulette_log_det(
     matvec: Callable[[Tensor], Tensor],
     shape: tuple[int, ...],
@@ -183,6 +187,7 @@ def roulette_log_det(
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
     generator: torch.Generator | None = None,
+    gradient: str = "direct",
 ) -> Tensor:
     r"""Unbiased Russian-roulette estimate of :math:`\log\det(I + J) = \sum_{k \ge 1}
     \frac{(-1)^{k+1}}{k} \mathrm{tr}(J^k)` (Chen et al., 2019).
@@ -194,9 +199,25 @@ def roulette_log_det(
     :math:`\sum_{k=1}^{N} \frac{(-1)^{k+1}}{k} \frac{v^\top J^k v}{P(N \ge k)}`, whose
     expectation is the series: unbiased whenever it converges absolutely, as it does for
     :math:`\|J\|_2 < 1`. The variance is finite when :math:`\rho(J)^2 < 1 - p`; the expected
-    number of products is :math:`n_{\mathrm{exact}} + (1 - p) / p`. Gradients flow through
-    the products (the direct estimator; the Neumann-series gradient of Chen et al., which
-    saves memory, is not implemented).
+    number of products is :math:`n_{\mathrm{exact}} + (1 - p) / p`.
+
+    Gradients (``J`` depends on parameters :math:`\theta` through ``matvec``'s graph):
+    ``"direct"`` backpropagates through the ``N`` products, so the graph of all of them is
+    kept until the backward pass (memory grows with ``N``). ``"neumann"`` is the Neumann
+    gradient series of Chen et al. (section 3.2): from
+    :math:`\partial_\theta \log\det(I + J) = \mathrm{tr}((I + J)^{-1} \partial_\theta J) =
+    \sum_{k \ge 0} (-1)^k \mathrm{tr}(J^k \partial_\theta J)`, the same draws give the unbiased
+    estimate :math:`\sum_{k=0}^{N} \frac{(-1)^k}{P(N \ge k)}
+    v^\top (\partial_\theta J) J^k v`, the gradient of the surrogate
+    :math:`v^\top J u` with :math:`u = \sum_{k=0}^{N} \frac{(-1)^k}{P(N \ge k)} J^k v` held
+    constant (Chen et al. write :math:`v^\top J^k (\partial_\theta J) v`, with
+    vector-Jacobian products; both have expectation
+    :math:`\mathrm{tr}(J^k \partial_\theta J)`, and this form reuses the products
+    :math:`J^k v` of the value). The series runs without a graph and only the one product
+    :math:`J u` is recorded, so memory does not grow with ``N``; the returned value is the
+    roulette estimate itself (the surrogate enters as :math:`s - \mathrm{sg}(s)`, which is 0),
+    bit for bit the ``"direct"`` value for the same draws. Its derivative is not
+    differentiable again (the series is constant to autograd).
 
     Arguments:
         matvec: ``v (*batch, D, 1) -> J v`` (:func:`jacobian_product` at fixed slopes).
@@ -206,6 +227,7 @@ def roulette_log_det(
         dtype: dtype of the probe.
         device: device of the probe.
         generator: random generator of the probe and of ``M`` (the global one when None).
+        gradient: ``"direct"`` or ``"neumann"`` (see above).
 
     Returns:
         The estimate, ``(*batch,)``.
@@ -223,15 +245,137 @@ def roulette_log_det(
         raise ValueError(f"expected 0 < p < 1, got {p}")
     if n_exact_terms < 1:
         raise ValueError(f"expected n_exact_terms >= 1, got {n_exact_terms}")
+    if gradient not in ROULETTE_GRADIENTS:
+        raise ValueError(f"expected gradient in {ROULETTE_GRADIENTS}, got {gradient!r}")
     u = float(torch.rand((), generator=generator, dtype=torch.float64))
     n_terms = n_exact_terms + int(math.floor(math.log1p(-u) / math.log1p(-p)))
     v = torch.randn((*shape, 1), generator=generator, dtype=dtype, device=device)
-    w, total = v, v.new_zeros(shape[:-1])
+    if gradient == "direct":
+        return _roulette_series(matvec, v, n_terms, n_exact_terms, p)[0]
+    with torch.no_grad():
+        total, neumann = _roulette_series(matvec, v, n_terms, n_exact_terms, p, neumann=True)
+    surrogate = (v * matvec(neumann)).sum((-2, -1))
+    return total + (surrogate - surrogate.detach())
+
+
+def _roulette_series(
+    matvec: Callable[[Tensor], Tensor],
+    v: Tensor,
+    n_terms: int,
+    n_exact_terms: int,
+    p: float,
+    neumann: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    r"""The roulette sum :math:`\sum_{k=1}^{N} \frac{(-1)^{k+1}}{k}
+    \frac{v^\top J^k v}{P(N \ge k)}` and, when ``neumann``, the vector
+    :math:`\sum_{k=0}^{N} \frac{(-1)^k}{P(N \ge k)} J^k v` (else None), from the same
+    products :math:`J^k v`."""
+    w, total = v, v.new_zeros(v.shape[:-2])
+    series = v if neumann else None
     for k in range(1, n_terms + 1):
         w = matvec(w)
         survival = (1 - p) ** max(0, k - n_exact_terms)
         total = total + (-1) ** (k + 1) / (k * survival) * (v * w).sum((-2, -1))
-    return total
+        if series is not None:
+            series = series + (-1) ** k / survival * w
+    return total, series
+
+
+class _GradientInForward(torch.autograd.Function):
+    """A value whose gradients with respect to its inputs were computed beforehand."""
+
+    @staticmethod
+    def forward(ctx, value, n_per_sample, grads, *inputs):  # type: ignore[override]
+        ctx.n_per_sample = n_per_sample
+        ctx.save_for_backward(*grads)
+        return value
+
+    @staticmethod
+    def backward(ctx, upstream):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise ValueError(
+                "expected no create_graph: a gradient computed in the forward pass "
+                "(gradient_in_forward; log_det='neumann') is not differentiable again"
+            )
+        grads = ctx.saved_tensors
+        out = [g * upstream.unsqueeze(-1) for g in grads[: ctx.n_per_sample]]
+        if len(grads) > ctx.n_per_sample:
+            scale = upstream.flatten()[0]
+            if not bool((upstream == scale).all()):
+                raise ValueError(
+                    "expected the same gradient for every sample of a value whose parameter "
+                    "gradient was computed in the forward pass (gradient_in_forward; "
+                    "log_det='neumann'), as a mean or sum over the batch gives, got different "
+                    "ones; log_det='roulette' takes any loss"
+                )
+            out += [g * scale for g in grads[ctx.n_per_sample :]]
+        return (None, None, None, *out)
+
+
+def gradient_in_forward(
+    fn: Callable[[list[Tensor], list[Tensor]], Tensor],
+    per_sample: Sequence[Tensor],
+    shared: Sequence[Tensor],
+) -> Tensor:
+    r"""``fn(per_sample, shared)`` with its gradients taken at once, in the forward pass
+    ("backward-in-forward", Chen et al., 2019, section 3.2), so that its graph is not kept.
+
+    Evaluates ``fn`` on detached copies of the inputs (those that require gradients still
+    do), takes the gradients of the sum of its value with respect to them, frees that graph
+    and returns the value as a tensor whose graph holds only those gradients and leads to the
+    inputs themselves. In the backward pass, with :math:`a_b` the gradient reaching sample
+    ``b`` of the value:
+
+    - a ``per_sample`` input ``(*batch, k)``, whose row ``b`` enters sample ``b`` of the value
+      only (a block's input), gets its precomputed row times :math:`a_b`: exact for any loss;
+    - a ``shared`` input (a parameter), whose precomputed gradient is that of the sum over
+      the batch, gets it times :math:`a`, which needs the same :math:`a_b = a` for every
+      sample (a loss that is a mean or sum of log-densities, as maximum likelihood and the
+      reverse KL are); different ones raise a ``ValueError`` (one host sync per call).
+
+    Not differentiable twice: a backward pass with ``create_graph=True`` raises a
+    ``ValueError``. What is saved for the backward pass is one gradient per input that
+    requires one (``fn``'s graph is freed on return).
+
+    Arguments:
+        fn: ``(per_sample, shared) -> value (*batch,)``, called once, on lists of copies of
+            the inputs in their order.
+        per_sample: inputs ``(*batch, k)`` (any ``k``), row ``b`` entering sample ``b`` only.
+        shared: inputs entering every sample.
+
+    Returns:
+        The value of ``fn``, ``(*batch,)``; without a graph when no input requires a gradient
+        or gradients are off.
+
+    Example:
+        >>> w = torch.tensor([2.0], requires_grad=True)
+        >>> x = torch.tensor([[1.0], [3.0]], requires_grad=True)
+        >>> y = gradient_in_forward(lambda xs, ws: (ws[0] * xs[0].square()).sum(-1), [x], [w])
+        >>> y.mean().backward()
+        >>> y.tolist(), x.grad.flatten().tolist(), w.grad.tolist()
+        ([2.0, 18.0], [2.0, 6.0], [5.0])
+    """
+    per_sample, shared = list(per_sample), list(shared)
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in per_sample + shared):
+        return fn(per_sample, shared).detach()
+    copies = [t.detach().requires_grad_(t.requires_grad) for t in per_sample + shared]
+    value = fn(copies[: len(per_sample)], copies[len(per_sample) :])
+    batch = tuple(value.shape)
+    for tensor in per_sample:
+        if tuple(tensor.shape[:-1]) != batch:
+            raise ValueError(
+                f"expected per-sample inputs of shape {batch} + (k,), got {tuple(tensor.shape)}"
+            )
+    if not value.requires_grad:
+        return value
+    originals = [t for t in per_sample + shared if t.requires_grad]
+    wanted = [c for c in copies if c.requires_grad]
+    grads = torch.autograd.grad(value.sum(), wanted, allow_unused=True)
+    used = [(t, g) for t, g in zip(originals, grads, strict=True) if g is not None]
+    n_per_sample = sum(1 for t, _ in used if any(t is s for s in per_sample))
+    return _GradientInForward.apply(
+        value.detach(), n_per_sample, [g for _, g in used], *[t for t, _ in used]
+    )
 
 
 def contraction_solve(

@@ -3,7 +3,8 @@ r"""Invertible residual blocks: ``y = x + g(x | c)`` with a contractive ``g`` (i
 ``g`` is an MLP with spectrally normalized weights and LipSwish activations, so
 :math:`\mathrm{Lip}_x(g) \le c < 1`: the block is invertible, its inverse is a fixed-point
 iteration, and its log-determinant is :math:`\log\det(I + J_g)`, exact from the Jacobian
-(small ``D``) or estimated without bias by the Russian-roulette power series (Chen et al.).
+(small ``D``) or estimated without bias by the Russian-roulette power series (Chen et al.),
+differentiated directly or by the memory-saving Neumann gradient series.
 The maths is in :mod:`torchnf.functional.lipschitz`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from torchnf.functional.lipschitz import (
     Activation,
     contraction_solve,
     elu,
+    gradient_in_forward,
     jacobian_product,
     jacobian_transpose_product,
     lipschitz_mlp,
@@ -35,8 +38,16 @@ from torchnf.functional.residual import SOFTPLUS_ONE
 
 #: Up to this many features ``log_det=None`` means ``"exact"``, beyond it ``"roulette"``.
 EXACT_LOG_DET_MAX_SIZE = 16
-LOG_DET_MODES = ("exact", "roulette")
+LOG_DET_MODES = ("exact", "roulette", "neumann")
 ACTIVATIONS = ("elu", "lipswish")
+
+
+class _Parts(NamedTuple):
+    """The biases, LipSwish slopes and context term of a block's MLP ``g``."""
+
+    biases: list[Tensor]
+    betas: list[Tensor]
+    offset: Tensor | None
 
 
 class SpectralBound(nn.Module):
@@ -95,8 +106,17 @@ class InvertibleResidualBlock(Bijector):
     ``slogdet`` (:math:`O(D H^2 + D^3)` per sample); ``"roulette"`` uses, in training mode
     only, the unbiased Russian-roulette estimator with one Hutchinson probe per sample
     (:func:`~torchnf.functional.lipschitz.roulette_log_det`, gradients by direct
-    differentiation), and the exact value in eval mode, so ``log_prob`` is deterministic
-    after ``model.eval()``. Default: ``"exact"`` up to 16 features, ``"roulette"`` beyond.
+    differentiation through its random number of Jacobian products), and the exact value in
+    eval mode, so ``log_prob`` is deterministic after ``model.eval()``; ``"neumann"`` is the
+    same estimate, bit for bit for the same draws, with the unbiased Neumann-series gradient of
+    Chen et al. (``roulette_log_det(gradient="neumann")``) computed in the forward pass
+    (:func:`~torchnf.functional.lipschitz.gradient_in_forward`, "backward-in-forward"), so no
+    graph of the series is kept for the backward pass, only one gradient per input (memory
+    independent of the number of terms; see :class:`~torchnf.models.ResidualFlow` for
+    measurements). Its parameter gradient is the one of a loss that weighs every sample's
+    log-density equally (a mean or sum over the batch, as maximum likelihood and the reverse
+    KL are); the backward pass refuses other weights with a ``ValueError``, and the gradient
+    is not differentiable twice. Default: ``"exact"`` up to 16 features, ``"roulette"`` beyond.
 
     Inverse: the fixed point of :math:`x = y - g(x | c)`, a contraction with rate ``c``,
     started at ``y`` and stopped when the a-posteriori bound :math:`\frac{c}{1 - c}\|x_k -
@@ -117,7 +137,7 @@ class InvertibleResidualBlock(Bijector):
         context_size: size of the context (0 for an unconditional block).
         lipschitz: the bound ``c`` on :math:`\mathrm{Lip}_x(g)`, in ``(0, 1)``.
         activation: ``"elu"`` or ``"lipswish"``.
-        log_det: ``"exact"``, ``"roulette"`` or None (by ``D``, see above).
+        log_det: ``"exact"``, ``"roulette"``, ``"neumann"`` or None (by ``D``, see above).
         n_exact_terms: series terms the roulette estimator always computes.
         roulette_p: success probability of its geometric truncation, in ``(0, 1)``.
         tol: tolerance of the inverse (default: 1e-12 in float64, about 1e-6 in float32).
@@ -189,36 +209,71 @@ class InvertibleResidualBlock(Bijector):
         """The spectrally normalized ``W_l`` in use, ``(H_l, H_{l-1})`` each."""
         return [linear.weight for linear in self.linears]
 
+    def _parts(self, context: Tensor | None) -> _Parts:
+        """The tensors besides ``x`` and the weights that ``g`` is computed from."""
+        return _Parts(
+            biases=[linear.bias for linear in self.linears],
+            betas=[F.softplus(raw + SOFTPLUS_ONE) for raw in self.beta_raw],
+            offset=None if self.context_weight is None else self.context_weight(context),
+        )
+
+    def _mlp(self, x: Tensor, weights: list[Tensor], parts: _Parts) -> tuple[Tensor, list[Tensor]]:
+        """``(g(x | c), slopes)`` (see :func:`~torchnf.functional.lipschitz.lipschitz_mlp`)."""
+        activations: list[Activation] = (
+            [elu] * (len(self.linears) - 1)
+            if self.activation == "elu"
+            else [partial(lipswish, beta=beta) for beta in parts.betas]
+        )
+        return lipschitz_mlp(x, weights, parts.biases, activations, parts.offset)
+
     def _residual(
         self, x: Tensor, context: Tensor | None, weights: list[Tensor]
     ) -> tuple[Tensor, list[Tensor]]:
         """``(g(x | c), slopes)`` (see :func:`~torchnf.functional.lipschitz.lipschitz_mlp`)."""
-        biases = [linear.bias for linear in self.linears]
-        offset = None if self.context_weight is None else self.context_weight(context)
-        return lipschitz_mlp(x, weights, biases, self._activations(), offset)
+        return self._mlp(x, weights, self._parts(context))
 
-    def _activations(self) -> list[Activation]:
-        if self.activation == "elu":
-            return [elu] * (len(self.linears) - 1)
-        return [partial(lipswish, beta=F.softplus(raw + SOFTPLUS_ONE)) for raw in self.beta_raw]
-
-    def _log_det(self, x: Tensor, weights: list[Tensor], slopes: list[Tensor]) -> Tensor:
-        if self.log_det_mode == "roulette" and self.training:
-            return roulette_log_det(
-                lambda v: jacobian_product(v, weights, slopes),
-                tuple(x.shape),
-                self.n_exact_terms,
-                self.roulette_p,
-                dtype=x.dtype,
-                device=x.device,
-            )
+    def _log_det(
+        self, x: Tensor, weights: list[Tensor], slopes: list[Tensor], parts: _Parts
+    ) -> Tensor:
+        if self.training and self.log_det_mode == "roulette":
+            return self._roulette(x, weights, slopes, "direct")
+        if self.training and self.log_det_mode == "neumann":
+            return self._neumann(x, weights, parts)
         eye = torch.eye(self.input_size, dtype=x.dtype, device=x.device)
         return residual_log_det(jacobian_product(eye, weights, slopes))
 
+    def _roulette(
+        self, x: Tensor, weights: list[Tensor], slopes: list[Tensor], gradient: str
+    ) -> Tensor:
+        return roulette_log_det(
+            lambda v: jacobian_product(v, weights, slopes),
+            tuple(x.shape),
+            self.n_exact_terms,
+            self.roulette_p,
+            dtype=x.dtype,
+            device=x.device,
+            gradient=gradient,
+        )
+
+    def _neumann(self, x: Tensor, weights: list[Tensor], parts: _Parts) -> Tensor:
+        """The roulette estimate with its Neumann gradient taken in the forward pass, with
+        respect to everything ``g``'s Jacobian is computed from (the slopes recomputed from
+        copies of them), so that no graph of the series is kept."""
+        n_weights, n_biases = len(weights), len(parts.biases)
+
+        def estimate(per_sample: list[Tensor], shared: list[Tensor]) -> Tensor:
+            w, rest = shared[:n_weights], shared[n_weights:]
+            offset = per_sample[1] if len(per_sample) > 1 else None
+            slopes = self._mlp(per_sample[0], w, _Parts(rest[:n_biases], rest[n_biases:], offset))
+            return self._roulette(per_sample[0], w, slopes[1], "neumann")
+
+        per_sample = [x] if parts.offset is None else [x, parts.offset]
+        return gradient_in_forward(estimate, per_sample, [*weights, *parts.biases, *parts.betas])
+
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        weights = self.weights()
-        g, slopes = self._residual(x, context, weights)
-        return x + g, self._log_det(x, weights, slopes)
+        weights, parts = self.weights(), self._parts(context)
+        g, slopes = self._mlp(x, weights, parts)
+        return x + g, self._log_det(x, weights, slopes, parts)
 
     def _inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         weights = self.weights()
@@ -250,8 +305,9 @@ class InvertibleResidualBlock(Bijector):
                 )
 
             x.register_hook(implicit)
-        slopes = self._residual(x, context, weights)[1]
-        return x, -self._log_det(x, weights, slopes)
+        parts = self._parts(context)
+        slopes = self._mlp(x, weights, parts)[1]
+        return x, -self._log_det(x, weights, slopes, parts)
 
     def extra_repr(self) -> str:
         return (
