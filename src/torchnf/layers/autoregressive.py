@@ -78,13 +78,18 @@ class MaskedAutoregressive(Bijector):
         # in-place update (0.6 apart on the GPU machine); torch 2.13 agrees either way.
         track = torch.is_grad_enabled() or torch.compiler.is_compiling()
         for i in self.made.order:
-            out, ld = self.transformer.inverse(y[..., i : i + 1], net(x, i).unsqueeze(-2))
+            out, ld = self._invert_feature(i, y[..., i : i + 1], net(x, i))
             if track:
                 x = torch.cat([x[..., :i], out, x[..., i + 1 :]], dim=-1)
             else:
                 x[..., i : i + 1] = out
             log_det = log_det + ld.squeeze(-1)
         return x, log_det
+
+    def _invert_feature(self, i: int, y_i: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """Feature ``i``'s inverse and log-det, ``(*batch, 1)`` each, from ``y_i``
+        ``(*batch, 1)`` and its parameters ``(*batch, P)``."""
+        return self.transformer.inverse(y_i, params.unsqueeze(-2))
 
 
 @register(

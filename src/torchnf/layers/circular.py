@@ -10,6 +10,8 @@ and one derivative shared by both ends, then a learned rotation mod :math:`2\pi`
 and :class:`CircularSplineCoupling` is the coupling layer for data with angle and real
 columns: circular splines on the angles, the spline with an affine map of NSF on the real
 ones, and a conditioner that sees each angle as :math:`(\cos\theta, \sin\theta)`.
+:class:`CircularSplineAutoregressive` is its autoregressive counterpart, with a MADE that
+reads each angle as that pair through :class:`AngleEmbedding`.
 
 References:
     Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan, Cranmer, "Normalizing
@@ -30,10 +32,12 @@ from torch.nn.utils import parametrize
 
 from torchnf.core.registry import register
 from torchnf.functional.splines import rqs_forward, rqs_inverse, rqs_knots
+from torchnf.layers.autoregressive import MaskedAutoregressive
 from torchnf.layers.coupling import Coupling, checkerboard_mask
 from torchnf.layers.linear import ActNorm
 from torchnf.layers.splines import RQSTransformer
 from torchnf.layers.transformers import Transformer
+from torchnf.nets.made import MADE
 from torchnf.nets.mlp import MLP
 
 
@@ -248,6 +252,65 @@ class MixedTransformer(Transformer):
         return self._apply_groups("inverse", y, params)
 
 
+def torus_transformer(
+    features: Sequence[int], circular: Sequence[int], n_bins: int, tail_bound: float
+) -> Transformer:
+    r"""The transformer of ``features`` (its ``D`` columns, in this order):
+    :class:`CircularRQSTransformer` on those in ``circular``, NSF's :class:`RQSTransformer`
+    (an affine map, then a spline on ``[-tail_bound, tail_bound]``) on the others, in a
+    :class:`MixedTransformer` when there are both.
+
+    Example:
+        >>> torus_transformer([0, 2], circular=[2], n_bins=4, tail_bound=5.0).transformers
+        ModuleList(
+          (0): CircularRQSTransformer(n_bins=4)
+          (1): RQSTransformer(n_bins=4, tail_bound=5.0, affine=True)
+        )
+    """
+    groups = [
+        [j for j, i in enumerate(features) if i in circular],
+        [j for j, i in enumerate(features) if i not in circular],
+    ]
+    candidates = [CircularRQSTransformer(n_bins), RQSTransformer(n_bins, tail_bound)]
+    used = [(t, g) for t, g in zip(candidates, groups, strict=True) if g]
+    return used[0][0] if len(used) == 1 else MixedTransformer(*zip(*used, strict=True))
+
+
+class AngleEmbedding(nn.Module):
+    r"""``e(x)``: each angle :math:`x_i` as the pair :math:`(\cos x_i, \sin x_i)`, each real
+    feature as itself, feature by feature in the order of ``x``.
+
+    The input map of the MADE of :class:`CircularSplineAutoregressive`: column ``j`` of the
+    output reads feature ``features[j]`` alone (``features`` is nondecreasing), and is
+    :math:`2\pi`-periodic in it where that feature is an angle. Shapes: ``x``
+    ``(*batch, input_size)``, output ``(*batch, input_size + len(circular))``.
+
+    Arguments:
+        input_size: number of features ``D``.
+        circular: the angle columns.
+
+    Example:
+        >>> e = AngleEmbedding(2, circular=[0])
+        >>> e(torch.tensor([[0.0, 5.0]])), e.features
+        (tensor([[1., 0., 5.]]), [0, 0, 1])
+    """
+
+    def __init__(self, input_size: int, circular: Sequence[int]) -> None:
+        super().__init__()
+        circular = circular_columns(circular, input_size)
+        #: The feature each output column reads.
+        self.features = [i for i in range(input_size) for _ in range(2 if i in circular else 1)]
+        # Columns of stack([x, cos x, sin x], -1).flatten(-2): 3 i for a real x_i,
+        # 3 i + 1 and 3 i + 2 for an angle.
+        columns = [
+            3 * i + k for i in range(input_size) for k in ((1, 2) if i in circular else (0,))
+        ]
+        self.register_buffer("columns", torch.tensor(columns), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([x, x.cos(), x.sin()], -1).flatten(-2).index_select(-1, self.columns)
+
+
 class AngleEmbeddingMLP(nn.Module):
     r"""Conditioner ``params = MLP([x_{real}, \cos x_{angle}, \sin x_{angle}, c])``.
 
@@ -359,13 +422,7 @@ class CircularSplineCoupling(Coupling):
         mask = checkerboard_mask(input_size, parity) if mask is None else torch.as_tensor(mask)
         kept = torch.nonzero(mask).squeeze(-1).tolist()
         transformed = torch.nonzero(~mask).squeeze(-1).tolist()
-        groups = [
-            [j for j, i in enumerate(transformed) if i in circular],
-            [j for j, i in enumerate(transformed) if i not in circular],
-        ]
-        candidates = [CircularRQSTransformer(n_bins), RQSTransformer(n_bins, tail_bound)]
-        used = [(t, g) for t, g in zip(candidates, groups, strict=True) if g]
-        transformer = used[0][0] if len(used) == 1 else MixedTransformer(*zip(*used, strict=True))
+        transformer = torus_transformer(transformed, circular, n_bins, tail_bound)
         conditioner = AngleEmbeddingMLP(
             len(kept),
             len(transformed) * transformer.params_per_feature,
@@ -376,6 +433,94 @@ class CircularSplineCoupling(Coupling):
         super().__init__(transformer, conditioner, mask)
         self.circular = circular
         self.domain = self.codomain = torus_constraint(input_size, circular)
+
+
+@register(
+    "layer",
+    example=lambda context_size: CircularSplineAutoregressive(
+        4, circular=[0, 1, 3], hidden_sizes=(8,), context_size=context_size, n_bins=4
+    ),
+    conditional=True,
+)
+class CircularSplineAutoregressive(MaskedAutoregressive):
+    r"""Autoregressive spline on angles and reals ``y = f(x | c)``:
+    :math:`y_i = \tau_i(x_i; g_i(e(x)_{<i}, c))`.
+
+    A :class:`~torchnf.layers.autoregressive.MaskedAutoregressive` layer whose transformer is
+    that of :class:`CircularSplineCoupling` (:func:`torus_transformer`: a
+    :class:`CircularRQSTransformer` on each angle, NSF's :class:`~torchnf.layers.RQSTransformer`
+    on each real feature) and whose conditioner is a :class:`~torchnf.nets.made.MADE` reading
+    :math:`e(x)` (:class:`AngleEmbedding`): angle :math:`x_j` enters as the two inputs
+    :math:`(\cos x_j, \sin x_j)`, both with the degree of feature ``j``, so the parameters of
+    feature ``i`` depend on :math:`x_{<i}` alone and are continuous and periodic in every
+    angle among them. The Jacobian is lower triangular; :math:`\log|\det| = \sum_i \log
+    \tau_i'(x_i)`. The identity at initialization. The forward (normalizing) direction is one
+    MADE pass; the inverse ``D`` passes, feature by feature. Angle columns are read mod
+    :math:`2\pi` and returned in :math:`[-\pi, \pi)`; ``domain`` and ``codomain`` say
+    :math:`[-\pi, \pi]` on them. The order is always ``0 .. D - 1`` (an input-mapped MADE
+    has no :meth:`~torchnf.nets.made.MADE.reverse_`); :class:`~torchnf.models.CircularNSF`
+    reverses the features between layers with :class:`~torchnf.layers.Reverse` instead.
+
+    Shapes: ``x`` and ``y`` are ``(*batch, D)``, ``context`` is ``(*batch, context_size)``,
+    ``log_det`` is ``(*batch,)``.
+
+    Arguments:
+        input_size: number of features ``D >= 1``.
+        circular: the angle columns (the others are real).
+        hidden_sizes: widths of the MADE's hidden layers.
+        context_size: size of the context (0 for none).
+        n_bins: number of bins of every spline.
+        tail_bound: half-width of the real features' spline interval.
+
+    References:
+        Rezende et al., "Normalizing Flows on Tori and Spheres", 2020, arXiv:2002.02428.
+        Durkan et al., "Neural Spline Flows", 2019, arXiv:1906.04032.
+
+    Example:
+        >>> layer = CircularSplineAutoregressive(3, circular=[0, 1], hidden_sizes=(16,))
+        >>> x = torch.tensor([[3.0, -3.0, 100.0]])
+        >>> y, log_det = layer(x)
+        >>> torch.equal(y, x), log_det.tolist()
+        (True, [0.0])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        circular: Sequence[int],
+        hidden_sizes: Sequence[int] = (64, 64),
+        context_size: int = 0,
+        n_bins: int = 8,
+        tail_bound: float = 5.0,
+    ) -> None:
+        circular = circular_columns(circular, input_size)
+        transformer = torus_transformer(range(input_size), circular, n_bins, tail_bound)
+        embedding = AngleEmbedding(input_size, circular)
+        made = MADE(
+            input_size,
+            transformer.params_per_feature,
+            hidden_sizes,
+            context_size,
+            input_map=embedding,
+            input_features=embedding.features,
+        )
+        super().__init__(transformer, made)
+        self.circular = circular
+        self.domain = self.codomain = torus_constraint(input_size, circular)
+
+    def _transformer_of(self, i: int) -> Transformer:
+        """Feature ``i``'s transformer."""
+        tau = self.transformer
+        if isinstance(tau, MixedTransformer):
+            kind = CircularRQSTransformer if i in self.circular else RQSTransformer
+            return next(t for t in tau.transformers if isinstance(t, kind))
+        return tau
+
+    def _invert_feature(self, i: int, y_i: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        # Feature i's own transformer: a MixedTransformer dispatches by position among all D
+        # features, not one.
+        tau = self._transformer_of(i)
+        return tau.inverse(y_i, params[..., : tau.params_per_feature].unsqueeze(-2))
 
 
 class _Masked(nn.Module):

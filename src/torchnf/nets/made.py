@@ -33,6 +33,11 @@ class MADE(ConditionerNet):
     dtype. The masks multiply the weights on every call (so any parameter values, trained or
     perturbed, keep the structure), in one foreach kernel for all of them.
 
+    With an ``input_map``, the network reads ``input_map(x)`` instead of ``x``: ``M`` columns,
+    column ``j`` a function of feature ``input_features[j]`` alone (an angle as the pair
+    :math:`(\cos\theta, \sin\theta)`, say), with that feature's degree, so a feature may
+    enter as several inputs, or none, and the autoregressive property holds unchanged.
+
     :meth:`reverse_` turns the order around in place: ``out[..., i, :]`` then depends only on
     ``x[..., i + 1:]``, and ``order`` lists the features from first to last in the
     autoregressive order (``D - 1`` down to ``0``). That is how a flow reverses its features
@@ -46,6 +51,10 @@ class MADE(ConditionerNet):
         residual: use residual blocks between hidden layers.
         activation: the hidden activation, a key of :data:`~torchnf.nets.mlp.ACTIVATIONS`
             (``"relu"``, ``"tanh"`` as in the seeds, ...).
+        input_map: a module from ``x`` ``(*batch, D)`` to the network's inputs
+            ``(*batch, M)``; ``None``: ``x`` itself.
+        input_features: with ``input_map``, the feature each of its ``M`` columns reads, a
+            nondecreasing sequence of indices in ``range(D)``.
 
     References:
         Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", 2015,
@@ -65,6 +74,8 @@ class MADE(ConditionerNet):
         context_size: int = 0,
         residual: bool = False,
         activation: str = "relu",
+        input_map: nn.Module | None = None,
+        input_features: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         hidden_sizes = tuple(int(h) for h in hidden_sizes)
@@ -88,9 +99,24 @@ class MADE(ConditionerNet):
 
         d = input_size
         degree_in = torch.arange(1, d + 1)
+        if (input_map is None) != (input_features is None):
+            raise ValueError("expected input_map and input_features together, or neither")
+        if input_features is not None:
+            degree_in = torch.tensor([int(i) for i in input_features], dtype=torch.long) + 1
+            if (
+                degree_in.numel() == 0
+                or (degree_in[1:] < degree_in[:-1]).any()
+                or not 1 <= int(degree_in.min()) <= int(degree_in.max()) <= d
+            ):
+                raise ValueError(
+                    f"expected input_features nondecreasing in [0, {d}), got {list(input_features)}"
+                )
+        self.input_map = input_map
+        # How many inputs the features before feature i feed: a prefix of the inputs.
+        self.inputs_before = [int((degree_in <= i).sum()) for i in range(d)]
         low = 0 if (context_size > 0 or d == 1) else 1
         degrees = [degree_in] + [low + torch.arange(h) % (d - low) for h in hidden_sizes]
-        degree_out = degree_in.repeat_interleave(params_per_feature)
+        degree_out = torch.arange(1, d + 1).repeat_interleave(params_per_feature)
 
         self.layers = nn.ModuleList()
         for k, (a, b) in enumerate(zip(degrees[:-1], degrees[1:], strict=True)):
@@ -139,6 +165,11 @@ class MADE(ConditionerNet):
             >>> torch.allclose(made.reverse_()(x), before), list(made.order)
             (True, [2, 1, 0])
         """
+        if self.input_map is not None:
+            raise ValueError(
+                "reverse_ conjugates by the feature reversal, which an input_map need not "
+                "commute with; reverse the features outside the MADE instead"
+            )
         shape = (self.input_size, self.params_per_feature)
         for t in (self.layers[0].weight, self.mask0):
             t.copy_(t.flip(-1))
@@ -153,7 +184,7 @@ class MADE(ConditionerNet):
         # without building a conditioner's closures.
         weights, w_out, biases, shift = self._masked(context)
         return self._in_compute_dtype(
-            lambda x: self._head(self._trunk(x, weights, biases, shift), w_out), x
+            lambda x: self._head(self._trunk(self._inputs(x), weights, biases, shift), w_out), x
         )
 
     def conditioner(self, context: Tensor | None = None) -> Callable[..., Tensor]:
@@ -163,14 +194,15 @@ class MADE(ConditionerNet):
         sequential passes of an autoregressive inverse reuse them. ``net(x, feature=i)``
         returns only the parameters of feature ``i``, shape ``(*batch, P)``: it reads only
         the ``r`` features before ``i`` in ``order`` (``x[..., :i]``, or ``x[..., i + 1:]``
-        when reversed) and computes only the hidden units of degree ``<= r`` (with the units
-        ordered by degree, a prefix of each layer), about a third of a full pass on average
-        for two hidden layers. In low precision (``compute_dtype`` set, ``x`` not float64) it
-        runs the full pass instead and returns feature ``i``'s slice: the prefix pass sums in
-        another order, which in low precision rounds a parameter differently from
-        :meth:`forward` now and then (by one step, about 0.4% in bfloat16) and breaks the
-        round trip, while the full pass on the same inputs before ``i`` (the masked inputs add
-        exact zeros) gives bit-identical parameters.
+        when reversed; with an ``input_map``, the prefix of its columns that they feed) and
+        computes only the hidden units of degree ``<= r`` (with the units ordered by degree, a
+        prefix of each layer), about a third of a full pass on average for two hidden layers.
+        In low precision (``compute_dtype`` set, ``x`` not float64) it runs the full pass
+        instead and returns feature ``i``'s slice: the prefix pass sums in another order, which
+        in low precision rounds a parameter differently from :meth:`forward` now and then (by
+        one step, about 0.4% in bfloat16) and breaks the round trip, while the full pass on
+        the same inputs before ``i`` (the masked inputs add exact zeros) gives bit-identical
+        parameters.
         """
         weights, w_out, biases, shift = self._masked(context)
         w_out = w_out.view(self.input_size, self.params_per_feature, -1)
@@ -181,7 +213,8 @@ class MADE(ConditionerNet):
             return self._in_compute_dtype(params, x, feature)
 
         def params(x: Tensor, feature: int | None) -> Tensor:
-            if feature is None or self._lowers(x):
+            lowers, x = self._lowers(x), self._inputs(x)
+            if feature is None or lowers:
                 out = self._head(self._trunk(x, weights, biases, shift), w_out.flatten(0, 1))
                 return out if feature is None else out[..., feature, :]
             if not ordered:
@@ -195,7 +228,8 @@ class MADE(ConditionerNet):
             ws, bs, sh, wo = ordered
             # The inputs before `feature` in the order: a prefix, or a suffix when reversed.
             rank = self.input_size - 1 - feature if self.reversed else feature
-            inputs = slice(feature + 1, None) if self.reversed else slice(0, feature)
+            before = self.inputs_before[feature]
+            inputs = slice(feature + 1, None) if self.reversed else slice(0, before)
             sizes = self.prefix_sizes[rank]
             h = self._trunk(x[..., inputs], [ws[0][:, inputs], *ws[1:]], bs, sh, sizes)
             return F.linear(h, wo[feature, :, : sizes[-1]], b_out[feature])
@@ -222,6 +256,10 @@ class MADE(ConditionerNet):
         # The context enters as a per-row bias of the first layer.
         shift = None if self.context_layer is None else self.context_layer(context)
         return weights, w_out, biases, shift
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        """The network's inputs: ``input_map(x)``, or ``x`` itself."""
+        return x if self.input_map is None else self.input_map(x)
 
     def _trunk(
         self,
