@@ -86,13 +86,13 @@ def test_round_trip_within_the_documented_tolerance(n_layers: int, dtype: torch.
     torch.testing.assert_close(log_det_inv, -log_det, atol=atol, rtol=0)
 
 
-def test_bracket_holds_the_stack() -> None:
+def test_the_bracket_holds_each_map() -> None:
     tau, params = _stack(3)
-    prepared = tau._prepare(3 * params)
     y = 2 * _wide_inputs()
-    lower, upper = tau._bracket(y, prepared)
-    assert bool((tau._evaluate(lower, prepared)[0] <= y + 1e-9).all())
-    assert bool((tau._evaluate(upper, prepared)[0] >= y - 1e-9).all())
+    for prepared in tau._maps(tau._prepare(3 * params)):
+        lower, upper = tau._bracket(y, prepared)
+        assert bool((tau._evaluate(lower, prepared)[0] <= y + 1e-9).all())
+        assert bool((tau._evaluate(upper, prepared)[0] >= y - 1e-9).all())
 
 
 def test_one_map_is_the_default_and_old_configs_rebuild() -> None:

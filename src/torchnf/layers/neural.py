@@ -39,13 +39,6 @@ def _sigmoid_mixture(x: Tensor, a: Tensor, b: Tensor, log_w: Tensor) -> tuple[Te
     return log_mean - log_mean_c, log_slope - log_mean - log_mean_c
 
 
-def _sigmoid_mixture_bracket(y: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Ends ``(lo, hi)``, each increasing in ``y``, around the preimage of ``y`` under one
-    sigmoidal-mixture map."""
-    ends = (y.unsqueeze(-1) - b) / a
-    return ends.amin(-1), ends.amax(-1)
-
-
 class MonotoneTransformer(Transformer):
     r"""Base class: an increasing elementwise map inverted numerically.
 
@@ -141,8 +134,7 @@ class DSFTransformer(MonotoneTransformer):
     Inverse: the maps are inverted one at a time, :math:`\tau_L` first, each by
     :func:`~torchnf.functional.solvers.solve_increasing` in a proven bracket: ``y`` is a
     logit-space mean of the :math:`u_j`, so :math:`\min_j u_j \le \tau(x) \le \max_j u_j`;
-    hence ``x`` lies in :math:`[\min_j (y - b_j)/a_j, \max_j (y - b_j)/a_j]` (both ends
-    increasing in ``y``, so pushing the ends back through the maps brackets the stack too).
+    hence ``x`` lies in :math:`[\min_j (y - b_j)/a_j, \max_j (y - b_j)/a_j]`.
     Tolerance: each solve meets :class:`MonotoneTransformer`'s ``tol`` relative to its own
     output, and an error in an intermediate value :math:`x_l = \tau_l \circ \cdots \circ
     \tau_1(x)` (:math:`x_0 = x`, :math:`x_L = y`; solved to ``tol``, or rounded in the
@@ -225,12 +217,9 @@ class DSFTransformer(MonotoneTransformer):
         return y, log_det
 
     def _bracket(self, y: Tensor, prepared: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        *rest, last = self._maps(prepared)
-        lower, upper = _sigmoid_mixture_bracket(y, *last[:2])
-        for a, b, _ in reversed(rest):
-            lower = _sigmoid_mixture_bracket(lower, a, b)[0]
-            upper = _sigmoid_mixture_bracket(upper, a, b)[1]
-        return lower, upper
+        a, b, _ = prepared  # one map: the inverse solves the maps one at a time
+        ends = (y.unsqueeze(-1) - b) / a
+        return ends.amin(-1), ends.amax(-1)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         *rest, last = self._maps(self._prepare(params))
