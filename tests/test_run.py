@@ -260,7 +260,6 @@ def test_a_plateau_at_a_high_rate_anneals_the_rate_before_stopping(moons):
     steps, rates = history["step"], history["lr"]
     before = rates[steps.index(plateau)]
     assert before > 0.1 * 0.05 and rates[-1] == pytest.approx(0.0, abs=1e-12)
-    assert max(history["val_nll"][steps.index(plateau) :]) < float("inf")
 
 
 def test_a_plateau_at_a_low_rate_stops_at_once():
